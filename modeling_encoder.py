@@ -1,0 +1,244 @@
+"""The one ViT video encoder shared by the student, the teacher and the classifier.
+
+VideoMAE's backbone (Tong et al. 2022, Sec. 3.3; Dosovitskiy et al. 2021 for the ViT):
+a tubelet embedding (Conv3d, kernel = stride = ``(tubelet_size, patch, patch)``), the fixed
+sinusoidal position table of "Attention is all you need" (Sec. 3.5), pre-norm blocks with
+a q-bias and a v-bias but no k-bias, LayerNorm eps 1e-6, no class token. Tokens are ordered
+frame-major ``(t, h, w)``, so the tokens of one temporal slice are contiguous.
+
+Attention has two paths: the fused ``scaled_dot_product_attention`` (default) and an
+explicit one that also returns the pre-softmax logits and the values, used only by the
+blocks whose maps a loss reads (MMKD Sec. 3.3, the masked attention distillation).
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.layers import DropPath, Mlp, trunc_normal_
+
+
+def sinusoid_table(num_positions, dim):
+    """Fixed 1-D sinusoidal position table ``[1, num_positions, dim]`` (float32).
+
+    Entry ``(p, j)`` is ``sin`` (even ``j``) or ``cos`` (odd ``j``) of
+    ``p / 10000 ** (2 * (j // 2) / dim)``: the table VideoMAE and Hugging Face's VideoMAE use.
+    """
+    pos = np.arange(num_positions, dtype=np.float64)[:, None]
+    j = np.arange(dim)[None, :]
+    angle = pos / np.power(10000, 2 * (j // 2) / dim)
+    table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
+    return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
+
+
+class PatchEmbed(nn.Module):
+    """Tubelet embedding: ``[B, C, T, H, W] -> [B, N, D]`` with ``N = T/t * H/p * W/p``.
+
+    ``tubelet_size``, ``patch_size`` and ``grid_size = (T', H', W')`` are the one place the
+    rest of the code reads the token geometry from.
+
+    Raises:
+        ValueError: ``num_frames`` not divisible by ``tubelet_size`` or ``img_size`` by
+            ``patch_size`` (named after the ``--num_frames`` / ``--input_size`` flags).
+    """
+
+    def __init__(self, img_size=224, patch_size=16, num_frames=16, tubelet_size=2,
+                 in_chans=3, embed_dim=768):
+        super().__init__()
+        if num_frames % tubelet_size:
+            raise ValueError(f"--num_frames {num_frames} must be divisible by the tubelet size "
+                             f"{tubelet_size}")
+        if img_size % patch_size:
+            raise ValueError(f"--input_size {img_size} must be divisible by the patch size "
+                             f"{patch_size}")
+        self.img_size, self.num_frames = img_size, num_frames
+        self.patch_size, self.tubelet_size = patch_size, tubelet_size
+        self.grid_size = (num_frames // tubelet_size, img_size // patch_size,
+                          img_size // patch_size)
+        self.num_patches = int(np.prod(self.grid_size))
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(tubelet_size, patch_size, patch_size),
+                              stride=(tubelet_size, patch_size, patch_size))
+
+    def forward(self, x):
+        b, c, t, h, w = x.shape
+        if (t, h, w) != (self.num_frames, self.img_size, self.img_size):
+            raise ValueError(f"clip of {t}x{h}x{w} (frames x height x width) does not match the "
+                             f"model's {self.num_frames}x{self.img_size}x{self.img_size}")
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, D]
+
+
+@dataclass
+class AttnMaps:
+    """What the explicit attention path returns besides its output.
+
+    Attributes:
+        logits: ``[B, heads, N, N]`` pre-softmax ``q k^T * scale``.
+        v: ``[B, heads, N, head_dim]`` values.
+    """
+    logits: torch.Tensor
+    v: torch.Tensor
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with q and v biases, no k bias (VideoMAE / BEiT)."""
+
+    def __init__(self, dim, num_heads=8, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x, return_maps=False):
+        """``x [B, N, D] -> [B, N, D]``; with ``return_maps`` also an :class:`AttnMaps`."""
+        b, n, d = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, h, N, hd]
+        drop = self.attn_drop if self.training else 0.0
+        maps = None
+        if return_maps:
+            logits = (q * self.scale) @ k.transpose(-2, -1)  # [B, h, N, N]
+            attn = F.dropout(logits.softmax(dim=-1), drop, self.training)
+            out = attn @ v
+            maps = AttnMaps(logits=logits, v=v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
+        return (out, maps) if return_maps else out
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + DropPath(Attn(LN(x)))``, then the same with the MLP."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
+                 drop_path=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+
+    def forward(self, x, return_maps=False):
+        if return_maps:
+            y, maps = self.attn(self.norm1(x), return_maps=True)
+        else:
+            y, maps = self.attn(self.norm1(x)), None
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return (x, maps) if return_maps else x
+
+
+@dataclass
+class EncoderOutput:
+    """Output of :meth:`VideoViTEncoder.forward_features`.
+
+    Attributes:
+        tokens: ``[B, N_vis, D]`` output of the last block, before the final norm.
+        maps: block index -> :class:`AttnMaps` for the blocks asked for.
+    """
+    tokens: torch.Tensor
+    maps: dict = field(default_factory=dict)
+
+
+def init_weights(module):
+    """VideoMAE / timm ViT initialisation: truncated normal 0.02 for Linear, LN to (1, 0)."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class VideoViTEncoder(nn.Module):
+    """ViT video encoder over the visible tokens of a clip.
+
+    Args:
+        img_size (int): input height = width in pixels (``--input_size``), default 224.
+        patch_size (int): spatial patch in pixels, default 16.
+        num_frames (int): frames per clip (``--num_frames``), default 16.
+        tubelet_size (int): frames per token, default 2.
+        embed_dim, depth, num_heads, mlp_ratio: the usual ViT sizes.
+        qkv_bias (bool): learn q and v biases.
+        drop_rate, attn_drop_rate (float): dropout in blocks / on attention.
+        drop_path_rate (float): stochastic depth, linearly increasing over blocks.
+        final_norm (bool): keep a final LayerNorm ``norm`` (False for the teacher and for
+            mean-pooling classifiers, which use ``fc_norm`` instead).
+        use_checkpoint (bool): activation checkpointing of every block.
+
+    State-dict keys (``patch_embed.*``, ``blocks.i.*``, ``norm.*``) are VideoMAE's.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, num_frames=16, tubelet_size=2, in_chans=3,
+                 embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
+                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, final_norm=True,
+                 use_checkpoint=False):
+        super().__init__()
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.patch_embed = PatchEmbed(img_size, patch_size, num_frames, tubelet_size, in_chans,
+                                      embed_dim)
+        # A fixed table: a buffer that follows .to(device) but stays out of checkpoints.
+        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, embed_dim),
+                             persistent=False)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate,
+                                          attn_drop_rate, dpr[i]) for i in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
+        self.use_checkpoint = use_checkpoint
+        self.apply(init_weights)
+
+    def set_grad_checkpointing(self, enable=True):
+        self.use_checkpoint = enable
+
+    def get_num_layers(self):
+        return len(self.blocks)
+
+    def no_weight_decay(self):
+        return {"pos_embed"}
+
+    def forward_features(self, x, bool_masked_pos=None, maps_from=()):
+        """Encode the visible tokens of ``x``.
+
+        Args:
+            x: ``[B, 3, T, H, W]`` normalised clip.
+            bool_masked_pos: ``[B, N]`` bool, True = hidden; every clip must hide the same
+                number of tokens. ``None`` encodes all ``N`` tokens.
+            maps_from: indices of blocks (negative allowed) whose attention logits and values
+                to return; only these use the explicit attention path.
+        Returns:
+            :class:`EncoderOutput` with ``tokens [B, N_vis, D]`` (no final norm).
+        """
+        x = self.patch_embed(x) + self.pos_embed.to(x.dtype)  # [B, N, D]
+        if bool_masked_pos is not None:
+            b, _, d = x.shape
+            x = x[~bool_masked_pos].reshape(b, -1, d)  # [B, N_vis, D]
+        want = {i % len(self.blocks) for i in maps_from}
+        maps = {}
+        for i, blk in enumerate(self.blocks):
+            if i in want:
+                x, maps[i] = self._run(blk, x, True)
+            else:
+                x = self._run(blk, x, False)
+        return EncoderOutput(tokens=x, maps=maps)
+
+    def _run(self, blk, x, return_maps):
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(blk, x, return_maps, use_reentrant=False)
+        return blk(x, return_maps)

@@ -1,0 +1,42 @@
+"""The video classifier for fine-tuning (VideoMAE Sec. 4, "fine-tuning"): the shared ViT
+encoder on all tokens, mean pooling, ``fc_norm`` and a linear head.
+
+Subclassing :class:`VideoViTEncoder` keeps VideoMAE's fine-tuning state-dict keys
+(``patch_embed.*``, ``blocks.i.*``, ``fc_norm.*``, ``head.*``), so official fine-tuned
+checkpoints load without renaming.
+"""
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from modeling_encoder import VideoViTEncoder
+
+
+class VisionTransformer(VideoViTEncoder):
+    """ViT video classifier.
+
+    Args:
+        num_classes: classes of the head (``--nb_classes``).
+        fc_drop_rate: dropout before the head (``--fc_drop_rate``).
+        init_scale: the head's initial weights are scaled by this (VideoMAE: 0.001).
+        **encoder_kwargs: :class:`VideoViTEncoder` arguments.
+    """
+
+    def __init__(self, num_classes=400, fc_drop_rate=0.0, init_scale=0.001, **encoder_kwargs):
+        super().__init__(final_norm=False, **encoder_kwargs)
+        self.num_classes = num_classes
+        self.fc_norm = nn.LayerNorm(self.embed_dim, eps=1e-6)
+        self.fc_dropout = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+            self.head.weight.data.mul_(init_scale)
+
+    def forward_head(self, tokens, pre_logits=False):
+        """``tokens [B, N, D]`` -> logits ``[B, num_classes]`` (or pooled ``[B, D]``)."""
+        x = self.fc_norm(tokens.mean(dim=1))
+        return x if pre_logits else self.head(self.fc_dropout(x))
+
+    def forward(self, x):
+        """``x [B, 3, T, H, W]`` -> logits ``[B, num_classes]``."""
+        return self.forward_head(self.forward_features(x).tokens)
