@@ -1,0 +1,134 @@
+"""One epoch of MMKD distillation (or VideoMAE pixel pre-training without a teacher).
+
+Each step: the frozen teacher encodes the masked clip once (no gradients), the student
+encodes it, :func:`losses.mmkd_loss` combines the terms, and the optimizer steps every
+``update_freq`` micro-batches with per-step lr and weight-decay schedules.
+"""
+import contextlib
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from distributed import all_reduce_mean, all_reduce_sum, is_main_process
+from logger import Averager
+from losses import mmkd_loss, pixel_targets
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the run stops before stepping on it."""
+
+
+def autocast_context(device, amp_dtype):
+    """bf16/fp16 autocast on CUDA when ``amp_dtype`` is set, nothing otherwise."""
+    if amp_dtype is None or torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype)
+
+
+def cosine_value(step, total_steps, base, final, warmup_steps=0, warmup_start=0.0):
+    """Linear warm-up from ``warmup_start`` then half-cosine from ``base`` to ``final``."""
+    if step < warmup_steps:
+        return warmup_start + (base - warmup_start) * step / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, weights,
+                    lr_scheduler, wd_schedule, steps_per_epoch, loss_scaler=None,
+                    amp_dtype=None, clip_grad=None, update_freq=1, num_k=10, num_f=10, kd_T=1.0,
+                    temperature_s=0.1, temperature_t=0.05, normalize_target=True,
+                    mean=None, std=None, logger=None, print_freq=10):
+    """Train ``student`` for one epoch; returns the epoch's mean metrics.
+
+    Args:
+        student: a (possibly DDP-wrapped) ``PretrainVisionTransformer``.
+        teacher: frozen ``Teacher`` or None (pixel-only VideoMAE pre-training).
+        data_loader: yields dicts with ``video [B, 3, T, H, W]``, ``bool_masked_pos [B, N]``
+            and ``num_skipped`` (corrupted clips dropped from the batch).
+        weights: :class:`losses.LossWeights`.
+        lr_scheduler: timm scheduler stepped per optimizer update (``step_update``).
+        wd_schedule: callable ``update -> weight decay`` for the groups that decay.
+        steps_per_epoch: optimizer updates per epoch (for the global step).
+        loss_scaler: ``torch.amp.GradScaler`` for fp16, or None.
+    Raises:
+        NonFiniteLossError: naming the step and the term that is not finite.
+    """
+    student.train()
+    raw = getattr(student, "module", student)
+    pe = raw.patch_embed
+    avg, skipped, seen = Averager(), 0, 0
+    views = weights.views()
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(data_loader, desc=f"epoch {epoch}", disable=not is_main_process(),
+               dynamic_ncols=True, leave=True, mininterval=1.0)
+    t_end = time.perf_counter()
+    for i, batch in enumerate(bar):
+        t_data = time.perf_counter() - t_end
+        skipped += int(batch.get("num_skipped", 0))
+        if "video" not in batch:  # every clip of this batch was corrupted
+            t_end = time.perf_counter()
+            continue
+        update = epoch * steps_per_epoch + i // update_freq
+        if i % update_freq == 0:
+            lr_scheduler.step_update(update)
+            wd = wd_schedule(update)
+            for g in optimizer.param_groups:
+                if g["weight_decay"] > 0:
+                    g["weight_decay"] = wd
+        videos = batch["video"].to(device, non_blocking=True)
+        mask = batch["bool_masked_pos"].to(device, non_blocking=True).flatten(1).bool()
+        with autocast_context(device, amp_dtype):
+            t_out = teacher(videos, mask, views, num_k, kd_T) if teacher else None
+            target = None
+            if weights.pixel > 0:
+                target = pixel_targets(videos, mask, pe.tubelet_size, pe.patch_size, mean, std,
+                                       normalize_target)
+            s_out = student(videos, mask)
+            loss, terms = mmkd_loss(s_out, t_out, weights, target, temperature_s, temperature_t,
+                                    num_f)
+        values = {k: v.item() for k, v in terms.items()}
+        for k, v in values.items():
+            if not math.isfinite(v):
+                raise NonFiniteLossError(f"loss term '{k}' is {v} at epoch {epoch}, step {i} "
+                                         f"(global update {update}); stopping without a step")
+        accumulate = (i + 1) % update_freq != 0
+        sync = student.no_sync() if accumulate and hasattr(student, "no_sync") else contextlib.nullcontext()
+        with sync:
+            scaled = loss / update_freq
+            (loss_scaler.scale(scaled) if loss_scaler else scaled).backward()
+        grad_norm = None
+        if not accumulate:
+            if loss_scaler:
+                loss_scaler.unscale_(optimizer)
+            params = [p for p in raw.parameters() if p.requires_grad]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+            if loss_scaler:
+                loss_scaler.step(optimizer)
+                loss_scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if torch.device(device).type == "cuda":  # honest step times
+            torch.cuda.synchronize()
+        t_step = time.perf_counter() - t_end
+        n = videos.shape[0]
+        seen += n
+        lr = max(g["lr"] for g in optimizer.param_groups)
+        step_metrics = dict(loss=loss.item(), **values, lr=lr, clips_per_s=n / t_step,
+                            data_time=t_data, step_time=t_step)
+        if grad_norm is not None:
+            step_metrics["grad_norm"] = float(grad_norm)
+        avg.update(step_metrics, n)
+        if logger is not None and not accumulate:
+            logger.scalars(step_metrics, update, "train")
+        bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in step_metrics.items()
+                                     if k not in ("step_time",)), refresh=False)
+        t_end = time.perf_counter()
+    bar.close()
+    stats = all_reduce_mean(avg.means(), device)
+    stats["skipped_videos"] = int(all_reduce_sum(skipped, device))
+    stats["clips"] = int(all_reduce_sum(seen, device))
+    return stats
+

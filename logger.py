@@ -1,0 +1,53 @@
+"""Run logging: ``log.json`` lines and tensorboard scalars from rank 0, and a running
+average of step metrics for the progress display."""
+import json
+import os
+from collections import defaultdict
+
+from distributed import is_main_process
+
+
+class RunLogger:
+    """Rank-0 sink for epoch summaries (``<output_dir>/log.json``, one JSON object per line)
+    and per-step scalars (tensorboard under ``log_dir``; none when ``log_dir`` is empty)."""
+
+    def __init__(self, output_dir, log_dir=None):
+        self.main = is_main_process()
+        self.output_dir = output_dir
+        self.writer = None
+        if self.main and output_dir:
+            os.makedirs(output_dir, exist_ok=True)
+        if self.main and log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            os.makedirs(log_dir, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=log_dir)
+
+    def scalars(self, values, step, prefix):
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def log_json(self, record):
+        if self.main and self.output_dir:
+            with open(os.path.join(self.output_dir, "log.json"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+class Averager:
+    """Running means of named scalars (sample-weighted)."""
+
+    def __init__(self):
+        self.sum, self.count = defaultdict(float), defaultdict(float)
+
+    def update(self, values, n=1):
+        for k, v in values.items():
+            self.sum[k] += float(v) * n
+            self.count[k] += n
+
+    def means(self):
+        return {k: self.sum[k] / self.count[k] for k in self.sum if self.count[k]}

@@ -1,0 +1,302 @@
+"""MMKD distillation pre-training (Li et al., ACM MM 2023): arguments, set-up, epoch loop.
+
+    python run_mmkd_pretraining.py --data_path train.csv --model pretrain_videomae_small_patch16_224 \
+        --model_t pretrain_videomae_base_patch16_224 --path_t videomae_base_k400.pth \
+        --distill hybrid --mask_type tube --mask_ratio 0.9 --output_dir out/
+
+The flags are the reference scripts' (VideoMAE ``run_mae_pretraining.py`` and MMKD's), so
+existing launch scripts run unchanged. With ``teacher=False`` (``run_mae_pretraining.py``)
+the same loop runs VideoMAE's pixel objective without a teacher.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+
+import distributed as du
+from checkpoint import latest_checkpoint, load_checkpoint, load_teacher, save_checkpoint
+from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
+from logger import RunLogger
+from losses import DISTILL_VIEWS, LossWeights
+from masking_generator import MASK_GENERATORS, build_masking_generator
+from model_factory import PRETRAIN_MODELS, create_student, create_teacher
+
+
+def get_args_parser(teacher=True):
+    """The reference flags; ``teacher=False`` leaves out the teacher's (VideoMAE mode)."""
+    p = argparse.ArgumentParser("MMKD pre-training" if teacher else "VideoMAE pre-training",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--batch_size", type=int, default=64, help="clips per process and step")
+    a("--epochs", type=int, default=400)
+    a("--save_ckpt_freq", type=int, default=50, help="save every this many epochs (and at the end)")
+    a("--update_freq", type=int, default=1, help="gradient accumulation steps")
+    # student
+    a("--model", "--model_s", dest="model", default="pretrain_videomae_small_patch16_224",
+      choices=sorted(PRETRAIN_MODELS), help="student")
+    a("--decoder_depth", type=int, default=0 if teacher else 4,
+      help="pixel decoder blocks; 0 = no pixel decoder")
+    a("--mask_type", default="tube", choices=sorted(MASK_GENERATORS))
+    a("--mask_ratio", type=float, default=0.9 if teacher else 0.75)
+    a("--input_size", type=int, default=224, help="clip height = width in pixels")
+    a("--drop_path", type=float, default=0.0, help="stochastic depth of the student")
+    a("--normlize_target", action=argparse.BooleanOptionalAction, default=True,
+      help="per-patch normalised pixel target (VideoMAE's spelling of the flag)")
+    a("--pixel_loss_weight", type=float, default=1.0, help="weight of the pixel loss (with a decoder)")
+    a("--use_checkpoint", action="store_true", help="activation checkpointing of the student")
+    if teacher:
+        a("--model_t", default="pretrain_videomae_base_patch16_224", choices=sorted(PRETRAIN_MODELS))
+        a("--path_t", default="", help="teacher checkpoint (VideoMAE/MVD/MMKD or ours); "
+          "empty = random teacher, for smoke tests only")
+        a("--teacher_sees_all", action=argparse.BooleanOptionalAction, default=False,
+          help="teacher encodes the whole clip (MVD) instead of the visible tokens (MMKD)")
+        a("--distill", default="hybrid", choices=sorted(DISTILL_VIEWS))
+        a("--gamma", type=float, default=0.2, help="weight of MM-hint")
+        a("--alpha", type=float, default=0.1, help="weight of MM-relation")
+        a("--beta", type=float, default=1.0, help="weight of MM-hidden")
+        a("--beta_kd1", type=float, default=3.0, help="MM-hidden global share")
+        a("--beta_kd2", type=float, default=1.0, help="MM-hidden local share")
+        a("--num_k", type=int, default=10, help="attention entries kept per row (MM-hidden)")
+        a("--num_f", type=int, default=10, help="salient tokens per clip (MM-hint, MM-relation)")
+        a("--kd_T", type=float, default=1.0, help="attention softmax temperature")
+        a("--temperature_s", type=float, default=0.1, help="MM-relation student temperature")
+        a("--temperature_t", type=float, default=0.05, help="MM-relation teacher temperature")
+    # optimisation
+    a("--opt", default="adamw", help="timm optimizer name")
+    a("--opt_eps", type=float, default=1e-8)
+    a("--opt_betas", type=float, nargs=2, default=[0.9, 0.95])
+    a("--momentum", type=float, default=0.9)
+    a("--clip_grad", type=float, default=None, help="max grad norm (None = no clipping)")
+    a("--weight_decay", type=float, default=0.05)
+    a("--weight_decay_end", type=float, default=None, help="final wd of the cosine schedule "
+      "(default: --weight_decay, i.e. constant)")
+    a("--lr", type=float, default=1.5e-4, help="base lr per 256 clips (scaled by total batch / 256)")
+    a("--warmup_lr", type=float, default=1e-6, help="warm-up start lr per 256 clips")
+    a("--min_lr", type=float, default=1e-5, help="final lr per 256 clips")
+    a("--warmup_epochs", type=int, default=40)
+    a("--warmup_steps", type=int, default=-1, help="warm-up updates (overrides --warmup_epochs)")
+    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
+      help="autocast on CUDA: auto = bf16 where supported, else fp16")
+    # data
+    a("--data_path", required=True, help="annotation file, one 'path label' per line")
+    a("--data_root", default="", help="prefix for relative video paths")
+    a("--num_frames", type=int, default=16)
+    a("--sampling_rate", type=int, default=4)
+    a("--num_workers", type=int, default=10)
+    a("--pin_mem", action=argparse.BooleanOptionalAction, default=True)
+    # run
+    a("--output_dir", default="", help="checkpoints, log.json, args.json")
+    a("--log_dir", default=None, help="tensorboard directory")
+    a("--device", default="cuda")
+    a("--seed", type=int, default=0)
+    a("--resume", default="", help="checkpoint to resume from")
+    a("--auto_resume", action=argparse.BooleanOptionalAction, default=True,
+      help="resume from the newest checkpoint in --output_dir")
+    a("--start_epoch", type=int, default=0)
+    # accepted so torch.distributed.launch-style scripts still run; values come from the env
+    a("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    a("--dist_url", default="env://", help=argparse.SUPPRESS)
+    a("--world_size", type=int, default=1, help=argparse.SUPPRESS)
+    return p
+
+
+def resolve_args(args, student, teacher):
+    """Check every flag against the built models and derive the run's values (token grid,
+    visible tokens, effective batch, scaled lrs). Raises ValueError naming the flag."""
+    if not 0.0 <= args.mask_ratio < 1.0:
+        raise ValueError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
+    pe = student.patch_embed
+    gen = build_masking_generator(args.mask_type, pe.grid_size, args.mask_ratio)
+    args.token_grid = list(pe.grid_size)
+    args.num_visible = pe.num_patches - gen.num_mask
+    if args.decoder_depth > 0 and gen.num_mask == 0:
+        raise ValueError("--decoder_depth > 0 needs hidden tokens: raise --mask_ratio")
+    if not args.use_teacher and args.decoder_depth == 0:
+        raise ValueError("without a teacher the pixel decoder is the only objective: "
+                         "--decoder_depth must be > 0")
+    if args.use_teacher:
+        if teacher.patch_embed.grid_size != pe.grid_size:
+            raise ValueError(f"student token grid {pe.grid_size} differs from the teacher's "
+                             f"{teacher.patch_embed.grid_size} (--model vs --model_t)")
+        if args.num_f > args.num_visible:
+            raise ValueError(f"--num_f {args.num_f} is larger than the {args.num_visible} "
+                             f"visible tokens per clip")
+        views = DISTILL_VIEWS[args.distill]
+        per_slice = args.num_visible // pe.grid_size[0]
+        if "local" in views and args.mask_type != "tube":
+            raise ValueError(f"--distill {args.distill} uses per-slice attention, which needs "
+                             f"--mask_type tube (the same visible tokens in every slice)")
+        limit = per_slice if "local" in views else args.num_visible
+        if views and args.num_k > limit:
+            raise ValueError(f"--num_k {args.num_k} is larger than the {limit} visible keys "
+                             f"{'per temporal slice' if 'local' in views else 'per clip'}")
+    args.world_size = du.get_world_size()
+    args.total_batch_size = args.batch_size * args.world_size * args.update_freq
+    scale = args.total_batch_size / 256
+    args.lr_scaled, args.min_lr_scaled, args.warmup_lr_scaled = (
+        args.lr * scale, args.min_lr * scale, args.warmup_lr * scale)
+    if args.weight_decay_end is None:
+        args.weight_decay_end = args.weight_decay
+    return gen
+
+
+def build_models(args):
+    """Student (trainable, with projector and decoder as asked) and frozen teacher (or None)."""
+    geometry = dict(img_size=args.input_size, num_frames=args.num_frames)
+    teacher = None
+    if args.use_teacher:
+        teacher = create_teacher(args.model_t, sees_all_tokens=args.teacher_sees_all, **geometry)
+        if args.path_t:
+            load_teacher(teacher, args.path_t)
+    student = create_student(args.model, decoder_depth=args.decoder_depth,
+                             teacher_dim=teacher.embed_dim if teacher else None,
+                             views=DISTILL_VIEWS[args.distill] if teacher else (),
+                             num_k=getattr(args, "num_k", 10), kd_T=getattr(args, "kd_T", 1.0),
+                             drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint,
+                             **geometry)
+    return student, teacher
+
+
+def amp_setup(args):
+    """``(autocast dtype or None, GradScaler or None)`` for ``--amp`` on this device."""
+    if torch.device(args.device).type != "cuda" or args.amp == "none":
+        return None, None
+    bf16 = args.amp == "bf16" or (args.amp == "auto" and torch.cuda.is_bf16_supported())
+    return (torch.bfloat16, None) if bf16 else (torch.float16, torch.amp.GradScaler("cuda"))
+
+
+def setup(args):
+    """Everything before the first step; bad input fails here with one clear message."""
+    from datasets import build_pretraining_dataset
+    from datasets.collate import collate_skip_none
+
+    args.use_teacher = hasattr(args, "model_t")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is visible; use --device cpu")
+    for flag in ("epochs", "batch_size", "update_freq", "save_ckpt_freq"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    du.init_distributed_mode(args)
+    seed = args.seed + du.get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    student, teacher = build_models(args)
+    mask_gen = resolve_args(args, student, teacher)
+    dataset = build_pretraining_dataset(args, mask_gen)
+    if args.distributed:
+        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset)
+    loader = torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+        pin_memory=args.pin_mem and torch.device(args.device).type == "cuda", drop_last=True,
+        collate_fn=collate_skip_none, persistent_workers=args.num_workers > 0)
+    if len(loader) < args.update_freq:
+        raise ValueError(f"{args.data_path}: {len(dataset)} clips give {len(loader)} batches of "
+                         f"--batch_size {args.batch_size} per process, fewer than --update_freq "
+                         f"{args.update_freq}")
+    return student, teacher, dataset, loader, sampler
+
+
+def main(args):
+    try:
+        student, teacher, dataset, loader, sampler = setup(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    device = torch.device(args.device if not args.distributed else args.device)
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    raw = student
+    if args.distributed:
+        student = torch.nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None)
+    steps_per_epoch = len(loader) // args.update_freq
+    total = steps_per_epoch * args.epochs
+    warmup = args.warmup_steps if args.warmup_steps >= 0 else args.warmup_epochs * steps_per_epoch
+    warmup = min(warmup, total - 1)
+    optimizer = create_optimizer_v2(raw, opt=args.opt, lr=args.lr_scaled,
+                                    weight_decay=args.weight_decay, eps=args.opt_eps,
+                                    betas=tuple(args.opt_betas), momentum=args.momentum)
+    lr_scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup),
+                                     lr_min=args.min_lr_scaled, warmup_t=warmup,
+                                     warmup_lr_init=args.warmup_lr_scaled, warmup_prefix=True,
+                                     t_in_epochs=False)
+    amp_dtype, scaler = amp_setup(args)
+    n_params = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+    print(f"student {args.model}: {n_params / 1e6:.2f}M trainable parameters, token grid "
+          f"{args.token_grid}, {args.num_visible} visible tokens per clip ({args.mask_type} "
+          f"mask {args.mask_ratio})")
+    if teacher is not None:
+        print(f"teacher {args.model_t} (frozen, {'whole clip' if args.teacher_sees_all else 'visible tokens'}"
+              f") from {args.path_t or 'random initialisation'}")
+    print(f"effective batch size {args.total_batch_size} = {args.batch_size} per process x "
+          f"{args.world_size} processes x {args.update_freq} accumulation; lr {args.lr_scaled:.3e} "
+          f"= {args.lr:.3e} x {args.total_batch_size} / 256 (min {args.min_lr_scaled:.3e}, warm-up "
+          f"{warmup} updates); {steps_per_epoch} updates per epoch")
+    weights = LossWeights.from_args(getattr(args, "distill", "hybrid"), getattr(args, "gamma", 0),
+                                    getattr(args, "alpha", 0), getattr(args, "beta", 0),
+                                    getattr(args, "beta_kd1", 0), getattr(args, "beta_kd2", 0),
+                                    args.pixel_loss_weight if args.decoder_depth > 0 else 0.0,
+                                    use_teacher=args.use_teacher)
+    print(f"loss weights: {weights}")
+
+    resume = args.resume or (latest_checkpoint(args.output_dir) if args.auto_resume and args.output_dir else None)
+    if resume:
+        ckpt = load_checkpoint(resume)
+        raw.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        args.start_epoch = ckpt["epoch"] + 1
+        print(f"resumed from {resume}: epoch {ckpt['epoch']} done, global step {ckpt['step']}")
+    if du.is_main_process() and args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+    logger = RunLogger(args.output_dir, args.log_dir)
+    start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            sampler.set_epoch(epoch)
+        try:
+            stats = train_one_epoch(
+                student, teacher, loader, optimizer, device, epoch, weights=weights,
+                lr_scheduler=lr_scheduler,
+                wd_schedule=lambda u: cosine_value(u, total, args.weight_decay, args.weight_decay_end),
+                steps_per_epoch=steps_per_epoch, loss_scaler=scaler, amp_dtype=amp_dtype,
+                clip_grad=args.clip_grad, update_freq=args.update_freq,
+                num_k=getattr(args, "num_k", 10), num_f=getattr(args, "num_f", 10),
+                kd_T=getattr(args, "kd_T", 1.0), temperature_s=getattr(args, "temperature_s", 0.1),
+                temperature_t=getattr(args, "temperature_t", 0.05),
+                normalize_target=args.normlize_target, mean=IMAGENET_DEFAULT_MEAN,
+                std=IMAGENET_DEFAULT_STD, logger=logger)
+        except NonFiniteLossError as e:
+            last = latest_checkpoint(args.output_dir) if args.output_dir else None
+            sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")
+        terms = " ".join(f"{k}={stats[k]:.4f}" for k in ("loss", "hint", "relation", "global",
+                                                        "local", "pixel") if k in stats)
+        print(f"epoch {epoch}: {terms} | lr {stats['lr']:.3e} | {stats['clips_per_s']:.2f} clips/s "
+              f"| data {stats['data_time']:.3f}s / step {stats['step_time']:.3f}s | skipped "
+              f"{stats['skipped_videos']} corrupted videos")
+        if args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
+            if du.is_main_process():
+                save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
+                                {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler else None, "epoch": epoch,
+                                 "step": (epoch + 1) * steps_per_epoch, "args": vars(args)})
+        logger.log_json({"epoch": epoch, "n_parameters": n_params,
+                         **{f"train_{k}": v for k, v in stats.items()}})
+    logger.close()
+    print(f"training time {time.time() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,154 @@
+import pytest
+import torch
+from timm.optim import create_optimizer_v2
+
+from losses import LossWeights, mmkd_loss, pixel_targets
+from masking_generator import TubeMaskingGenerator
+from model_factory import ARCHS, CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student, create_teacher
+from modeling_encoder import Attention, sinusoid_table
+
+GEOM = dict(img_size=32, num_frames=4)
+
+
+def masks(model, ratio=0.5, b=2, seed=0):
+    gen = TubeMaskingGenerator(model.patch_embed.grid_size, ratio, seed=seed)
+    return torch.stack([torch.from_numpy(gen()) for _ in range(b)])
+
+
+def test_sdpa_and_explicit_attention_agree():
+    torch.manual_seed(0)
+    attn = Attention(48, num_heads=4).eval()
+    with torch.no_grad():
+        attn.q_bias.normal_()
+        attn.v_bias.normal_()
+    x = torch.randn(2, 10, 48)
+    fast = attn(x)
+    slow, maps = attn(x, return_maps=True)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert maps.logits.shape == (2, 4, 10, 10) and maps.v.shape == (2, 4, 10, 12)
+    # logits are pre-softmax q.k*scale, with the q-bias but no k-bias
+    q = x @ attn.qkv.weight[:48].T + attn.q_bias
+    k = x @ attn.qkv.weight[48:96].T
+    ref = (q.view(2, 10, 4, 12).transpose(1, 2) * 12 ** -0.5) @ k.view(2, 10, 4, 12).permute(0, 2, 3, 1)
+    torch.testing.assert_close(maps.logits, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sinusoid_table_values():
+    t = sinusoid_table(5, 6)[0]
+    assert t.shape == (5, 6)
+    assert abs(t[3, 0].item() - torch.sin(torch.tensor(3.0)).item()) < 1e-6
+    assert abs(t[3, 3].item() - torch.cos(torch.tensor(3 / 10000 ** (2 / 6))).item()) < 1e-6
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_every_factory_name_forward_backward(size):
+    s = create_student(f"pretrain_videomae_{size}_patch16_224", decoder_depth=1, teacher_dim=192,
+                       num_k=2, **GEOM)
+    m = masks(s)
+    out = s(torch.randn(2, 3, 4, 32, 32), m)
+    assert out.features.shape == (2, 4, 192) and out.attn_local.shape == (2, 4, 2, 192)
+    assert out.pixels.shape == (2, 4, 3 * 2 * 16 * 16)
+    (out.features.sum() + out.pixels.sum() + out.attn_global.sum()).backward()
+    c = create_classifier(f"vit_{size}_patch16_224", num_classes=7, **GEOM)
+    c(torch.randn(1, 3, 4, 32, 32)).sum().backward()
+    assert set(PRETRAIN_MODELS) == {f"pretrain_videomae_{s}_patch16_224" for s in ARCHS}
+    assert "vit_huge_patch16_224" in CLASSIFIER_MODELS
+
+
+def test_large_and_huge_shapes_build():
+    # built at 32 px / 2 frames only to check the table (width, depth, heads)
+    for name, (d, depth) in {"large": (1024, 24), "huge": (1280, 32)}.items():
+        c = create_classifier(f"vit_{name}_patch16_224", num_classes=2, img_size=16, num_frames=2)
+        assert c.embed_dim == d and len(c.blocks) == depth
+
+
+def test_unknown_model_and_bad_geometry():
+    with pytest.raises(ValueError, match="--model"):
+        create_student("pretrain_videomae_gigantic_patch16_224")
+    with pytest.raises(ValueError, match="--num_frames"):
+        create_student("pretrain_videomae_tiny_patch16_224", num_frames=5)
+    with pytest.raises(ValueError, match="--input_size"):
+        create_student("pretrain_videomae_tiny_patch16_224", img_size=40)
+
+
+def test_videomae_state_dict_keys():
+    s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1, **GEOM)
+    keys = set(s.state_dict())
+    for k in ("encoder.patch_embed.proj.weight", "encoder.blocks.0.attn.q_bias",
+              "encoder.blocks.0.attn.v_bias", "encoder.norm.weight", "encoder_to_decoder.weight",
+              "mask_token", "decoder.head.weight"):
+        assert k in keys
+    assert not any("pos_embed" in k or "k_bias" in k for k in keys)
+    c = create_classifier("vit_tiny_patch16_224", num_classes=3, **GEOM)
+    assert {"patch_embed.proj.weight", "fc_norm.weight", "head.weight"} <= set(c.state_dict())
+    assert not any(k.startswith("norm.") for k in c.state_dict())
+
+
+def test_teacher_frozen_student_and_projector_move():
+    torch.manual_seed(0)
+    t = create_teacher("pretrain_videomae_small_patch16_224", **GEOM)
+    s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1, teacher_dim=384,
+                       num_k=2, **GEOM)
+    s.train()
+    t.train()  # must stay in eval
+    assert not t.training and not t.encoder.training
+    before_t = {k: v.clone() for k, v in t.state_dict().items()}
+    before_s = {k: v.clone() for k, v in s.state_dict().items()}
+    opt = create_optimizer_v2(s, opt="adamw", lr=1e-3, weight_decay=0.05)
+    assert not {id(p) for p in t.parameters()} & {id(p) for g in opt.param_groups for p in g["params"]}
+    x, m = torch.randn(2, 3, 4, 32, 32), masks(s)
+    w = LossWeights.from_args("hybrid", 0.2, 0.1, 1, 3, 1, 1.0)
+    t_out = t(x, m, w.views(), 2, 1.0)
+    assert not t_out.features.requires_grad
+    loss, _ = mmkd_loss(s(x, m), t_out, w, pixel_targets(x, m, 2, 16, (0.5,) * 3, (0.2,) * 3), num_f=3)
+    loss.backward()
+    opt.step()
+    assert all(p.grad is None and not p.requires_grad for p in t.parameters())
+    assert all(torch.equal(v, before_t[k]) for k, v in t.state_dict().items())
+    after = s.state_dict()
+    for prefix in ("encoder.blocks.11.", "projector.feat.", "projector.attn.global", "projector.attn.local", "decoder."):
+        assert any(not torch.equal(after[k], before_s[k]) for k in after if k.startswith(prefix)), prefix
+
+
+def test_teacher_sees_all_tokens_gathers_visible_positions():
+    torch.manual_seed(0)
+    t_vis = create_teacher("pretrain_videomae_tiny_patch16_224", **GEOM)
+    t_all = create_teacher("pretrain_videomae_tiny_patch16_224", sees_all_tokens=True, **GEOM)
+    t_all.load_state_dict(t_vis.state_dict())
+    x = torch.randn(2, 3, 4, 32, 32)
+    m = masks(t_vis, ratio=0.5)
+    full = t_all.encoder.forward_features(x, None, maps_from=(-1,))
+    out = t_all(x, m, ("global",), 2, 1.0)
+    vis = ~m
+    torch.testing.assert_close(out.features, full.tokens[vis].reshape(2, -1, 192))
+    # a mask of nothing hidden: both teachers see the same tokens and must agree exactly
+    none = torch.zeros_like(m)
+    a, b = t_all(x, none, ("global", "local"), 2, 1.0), t_vis(x, none, ("global", "local"), 2, 1.0)
+    torch.testing.assert_close(a.attn_global, b.attn_global)
+    torch.testing.assert_close(a.attn_local, b.attn_local)
+    # visible keys only: logits gathered on rows and columns
+    lg = full.maps[11].logits
+    idx = vis[0].nonzero()[:, 0]
+    sub = lg[0][:, idx][:, :, idx]
+    from losses import topk_attention_global
+    v = full.maps[11].v[0][:, idx]
+    torch.testing.assert_close(out.attn_global[0], topk_attention_global(sub[None], v[None], 2)[0])
+
+
+def test_activation_checkpointing_matches():
+    torch.manual_seed(0)
+    s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=0, teacher_dim=192,
+                       num_k=2, **GEOM)
+    x, m = torch.randn(2, 3, 4, 32, 32), masks(s)
+    out1 = s(x, m)
+    (out1.features.sum() + out1.attn_global.sum()).backward()
+    g1 = [p.grad.clone() for p in s.parameters() if p.grad is not None]
+    s.zero_grad()
+    s.set_grad_checkpointing(True)
+    out2 = s(x, m)
+    (out2.features.sum() + out2.attn_global.sum()).backward()
+    g2 = [p.grad.clone() for p in s.parameters() if p.grad is not None]
+    torch.testing.assert_close(out1.features, out2.features)
+    assert len(g1) == len(g2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
