@@ -65,7 +65,8 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                dynamic_ncols=True, leave=True, mininterval=1.0)
     t_end = time.perf_counter()
     for i, batch in enumerate(bar):
-        t_data = time.perf_counter() - t_end
+        t_start = time.perf_counter()
+        t_data = t_start - t_end
         skipped += int(batch.get("num_skipped", 0))
         if "video" not in batch:  # every clip of this batch was corrupted
             t_end = time.perf_counter()
@@ -112,11 +113,11 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
             optimizer.zero_grad(set_to_none=True)
         if torch.device(device).type == "cuda":  # honest step times
             torch.cuda.synchronize()
-        t_step = time.perf_counter() - t_end
+        t_step = time.perf_counter() - t_start  # compute only; data_time is the loader's share
         n = videos.shape[0]
         seen += n
         lr = max(g["lr"] for g in optimizer.param_groups)
-        step_metrics = dict(loss=loss.item(), **values, lr=lr, clips_per_s=n / t_step,
+        step_metrics = dict(loss=loss.item(), **values, lr=lr, clips_per_s=n / (t_data + t_step),
                             data_time=t_data, step_time=t_step)
         if grad_norm is not None:
             step_metrics["grad_norm"] = float(grad_norm)

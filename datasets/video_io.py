@@ -1,0 +1,213 @@
+"""Reading annotation lists and decoding the sampled frames of a video.
+
+Annotation files follow VideoMAE's ``train.csv``/``val.csv``/``test.csv`` (despite the
+name, one ``path label`` pair per line, space separated); comma-separated lines are accepted
+too. Decoding uses decord (``VideoReader(..., num_threads=1)``, only the requested frames via
+``get_batch``) and falls back to PyAV when decord is missing or cannot open a file.
+
+Every decoding failure is reported as one exception type, ``VideoDecodeError``, so that data
+sets can skip the video. A partly decodable file (e.g. a broken H.264 stream: decord decodes
+the frames before the damage, then raises ``DECORDError``) raises it when a requested frame
+cannot be decoded, or, with ``check_last=True``, when its last frame cannot; the data sets
+use that on a video's first load (``guard.py``) so such a file is skipped as a whole.
+
+The last frame the container reports is never used: a video of ``n > 1`` frames counts as
+``n - 1`` frames. decord returns a wrong (stale) frame for it at random on some AVI files
+(dmlc/decord#195: 24-94 % of tries on ``tests/data/videos/kinetics_clip_test.avi``, never
+for the frame before it) and can hang on the last nominal frames of files whose container
+over-reports the frame count (dmlc/decord#373). Both backends follow the same rule, so they
+return the same frames.
+"""
+import os
+import re
+
+import numpy as np
+
+# Sampling arithmetic lives in sampling.py; re-exported here for convenience.
+from .sampling import (dense_sample_indices, dense_test_indices, spatial_crop_offsets,  # noqa: F401
+                       test_clip_starts, tsn_sample_indices)
+
+try:
+    import decord
+    try:  # FFmpeg's messages about broken streams would flood the logs of every worker
+        decord.logging.set_level(decord.logging.QUIET)
+    except AttributeError:
+        pass
+except ImportError:  # PyAV only
+    decord = None
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be used: missing, unopenable, empty, undecodable or malformed.
+
+    Attributes:
+        path (str): the video file.
+        reason (str): what went wrong.
+    """
+
+    def __init__(self, path, reason):
+        super().__init__(f"cannot decode video {path}: {reason}")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # picklable across data loader workers
+        return type(self), (self.path, self.reason)
+
+
+def parse_annotation_line(line, sep=" "):
+    """Split one annotation line into ``(path, label_text)`` at its LAST separator.
+
+    Separators are ``sep`` and ``,`` (runs of them count as one), so paths may contain
+    spaces or commas. Raises ``ValueError`` if there is no separator.
+    """
+    pattern = _LINE_PATTERNS.get(sep)
+    if pattern is None:
+        seps = re.escape(sep) + ",\\s" if sep.isspace() else re.escape(sep) + ","
+        pattern = _LINE_PATTERNS[sep] = re.compile(rf"^(.*[^{seps}])[{seps}]+([^{seps}]+)$")
+    match = pattern.match(line.strip())
+    if match is None:
+        raise ValueError(f"expected 'path{sep}label', got {line.strip()!r}")
+    return match.group(1), match.group(2)
+
+
+_LINE_PATTERNS = {}
+
+
+def read_annotation(path, data_root="", sep=" ", *, nb_classes=None, check_exists=False):
+    """Read a ``path label`` annotation file.
+
+    Args:
+        path (str): the annotation file. Blank lines are skipped.
+        data_root (str): prefix of relative video paths.
+        sep (str): separator besides ``,`` (VideoMAE: a space).
+        nb_classes (int | None): when given, labels must lie in ``[0, nb_classes)``.
+        check_exists (bool): check that every video file exists.
+    Returns:
+        list of ``(video_path: str, label: int)``.
+    Raises:
+        FileNotFoundError: the annotation file, or (``check_exists``) a video, is missing.
+        ValueError: unreadable or empty file, a line that is not ``path label``, a label
+            that is not an integer or is out of range. Messages name the file and the
+            1-based line number.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"annotation file {path} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read annotation file {path}: {e}") from e
+    samples = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            video, label_text = parse_annotation_line(line, sep)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise ValueError(f"{where}: label {label_text!r} is not an integer") from None
+        if nb_classes is not None and not 0 <= label < nb_classes:
+            raise ValueError(f"{where}: label {label} outside [0, {nb_classes}) "
+                             f"(--nb_classes {nb_classes})")
+        video = os.path.join(data_root, video) if data_root else video
+        if check_exists and not os.path.isfile(video):
+            raise FileNotFoundError(f"{where}: video file {video} not found")
+        samples.append((video, label))
+    if not samples:
+        raise ValueError(f"annotation file {path} is empty")
+    return samples
+
+
+def load_frames(path, indices_fn, *, width=-1, height=-1, check_last=False):
+    """Decode the frames ``indices_fn(num_video_frames, fps)`` of a video.
+
+    ``num_video_frames`` is the container's frame count minus one (see the module docstring).
+
+    Args:
+        path (str): video file (any container/codec FFmpeg reads).
+        indices_fn (callable): ``(num_video_frames: int, fps: float) -> int array [T]``.
+        width, height (int): when both > 0, frames are resized while decoding.
+        check_last (bool): also decode the video's last usable frame (not returned), so that a
+            stream that breaks part-way fails whatever frames were asked for.
+    Returns:
+        np.ndarray ``[T, H, W, 3]`` uint8 RGB.
+    Raises:
+        VideoDecodeError: missing file, unopenable, no frames, a frame that does not decode,
+            or frames of the wrong shape.
+        ValueError: from ``indices_fn`` (bad sampling settings).
+    """
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "file not found")
+    reader = _open_decord(path, width, height) if decord is not None else None
+    if reader is not None:
+        frames, indices = _decord_frames(path, reader, indices_fn, check_last)
+    else:
+        frames, indices = _pyav_frames(path, indices_fn, width, height, check_last)
+    expected = (len(indices),) + ((height, width) if width > 0 and height > 0 else frames.shape[1:3])
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[:3] != expected \
+            or frames.shape[3] != 3:
+        raise VideoDecodeError(path, f"frames of shape {frames.shape} {frames.dtype}, "
+                                     f"expected {expected + (3,)} uint8")
+    return frames
+
+
+def _open_decord(path, width, height):
+    try:
+        return decord.VideoReader(path, num_threads=1, width=width, height=height)
+    except Exception:  # decord raises DECORDError/RuntimeError; PyAV gets a second chance
+        return None
+
+
+def _indices(path, indices_fn, num_container_frames, fps, check_last):
+    """``(indices [T], frames to decode: sorted unique indices, + the last usable one)``."""
+    if num_container_frames < 1:
+        raise VideoDecodeError(path, "no frames")
+    usable = num_container_frames - 1 if num_container_frames > 1 else 1  # see module docstring
+    indices = np.asarray(indices_fn(usable, fps), dtype=np.int64).reshape(-1)
+    if indices.size == 0 or indices.min() < 0 or indices.max() >= usable:
+        raise ValueError(f"frame indices {indices} outside [0, {usable}) for {path}")
+    return indices, np.unique(np.append(indices, usable - 1) if check_last else indices)
+
+
+def _decord_frames(path, reader, indices_fn, check_last):
+    indices, unique = _indices(path, indices_fn, len(reader), float(reader.get_avg_fps()),
+                               check_last)
+    try:
+        frames = reader.get_batch(unique).asnumpy()[np.searchsorted(unique, indices)]
+    except Exception as e:
+        message = re.sub(r"\[[\d:]+\] \S+:\d+: ", "", str(e).splitlines()[0])  # drop C++ locations
+        raise VideoDecodeError(path, f"decord: {message[:300]}") from None
+    return frames, indices
+
+
+def _pyav_frames(path, indices_fn, width, height, check_last):
+    import av
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            num = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+            indices, unique = _indices(path, indices_fn, num, fps, check_last)
+            if not stream.frames:  # counted by demuxing: rewind
+                container.seek(0, stream=stream)
+            wanted, found = set(unique.tolist()), {}
+            size = dict(width=width, height=height) if width > 0 and height > 0 else {}
+            for i, frame in enumerate(container.decode(stream)):  # sequential: no seeking
+                if i in wanted:
+                    found[i] = frame.to_ndarray(format="rgb24", **size)
+                if i >= unique[-1]:
+                    break
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # av.error.*: unopenable file or broken stream
+        raise VideoDecodeError(path, f"PyAV: {e}") from None
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise VideoDecodeError(path, f"stream ended before frame {missing[0]} of {num}")
+    return np.stack([found[i] for i in indices.tolist()]), indices
+
