@@ -3,7 +3,7 @@
 A broken stream may decode only part-way (the sample ``corrupted_h264.mp4`` decodes frames
 0-27 of 50, then decord raises), so whether one clip of it decodes depends on where the clip
 falls. To treat such a file as corrupted consistently, the first load of every video also
-decodes its last (usable) frame; a video that fails once is marked corrupted in a table in shared
+decodes its last frame; a video that fails once is marked corrupted in a table in shared
 memory, seen by all data loader workers and kept across epochs, and every later item of it is
 ``None`` without decoding. The cost is one extra frame per video, on its first load only.
 """
