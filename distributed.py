@@ -2,6 +2,7 @@
 process runs; NCCL on CUDA, gloo on CPU. Plus the few collective helpers the engines use.
 """
 import os
+import re
 import subprocess
 
 import torch
@@ -9,7 +10,9 @@ import torch.distributed as dist
 
 
 def _first_slurm_host(nodelist):
-    """First host name of a SLURM node list such as ``gpu[01-04,07],cpu1`` (``gpu01``)."""
+    """First host name of a SLURM node list: ``gpu[01-04,07],cpu1`` -> ``gpu01``,
+    ``rack[2-3]-n[08-09]`` -> ``rack2-n08``. Asks ``scontrol show hostnames`` when it is
+    there, else expands the first entry itself (each ``[...]`` -> its first number)."""
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
                              text=True, check=True, timeout=10).stdout.split()
@@ -17,26 +20,38 @@ def _first_slurm_host(nodelist):
             return out[0]
     except (OSError, subprocess.SubprocessError):
         pass
-    head = nodelist.split(",")[0]
-    if "[" in head:  # gpu[01-04 -> gpu01
-        prefix, rng = head.split("[", 1)
-        return prefix + rng.split("-")[0].split(",")[0].rstrip("]")
-    return head
+    first = re.match(r"(?:[^,\[]|\[[^\]]*\])+", nodelist)  # up to the first top-level comma
+    head = first.group(0) if first else nodelist
+    return re.sub(r"\[([^\],-]+)[^\]]*\]", r"\1", head)
+
+
+def _slurm_port(env):
+    """``MASTER_PORT``, else a port derived from ``SLURM_JOB_ID`` (two jobs sharing a node
+    do not collide; every task of one job computes the same), else 29500."""
+    if env.get("MASTER_PORT"):
+        return int(env["MASTER_PORT"])
+    job = env.get("SLURM_JOB_ID", "")
+    return 20000 + int(job) % 20000 if job.isdigit() else 29500
 
 
 def dist_env(environ=None):
     """``(rank, world_size, local_rank, master_addr, master_port)`` from the environment, or
-    None for a single-process run. torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` win over
-    SLURM's ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` (first host of
-    ``SLURM_NODELIST`` as master, ``MASTER_PORT`` or 29500 as port)."""
+    None for a single-process run.
+
+    torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` win.
+    Under ``srun``: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``),
+    ``SLURM_LOCALID``, master = ``MASTER_ADDR`` or the first host of ``SLURM_STEP_NODELIST``
+    (or ``SLURM_NODELIST``), port = :func:`_slurm_port`. One SLURM task = single process.
+    """
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return (int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                 env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
-        return (int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_NODELIST", "127.0.0.1")),
-                int(env.get("MASTER_PORT", 29500)))
+    ntasks = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
+    if "SLURM_PROCID" in env and ntasks > 1:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
+        return (int(env["SLURM_PROCID"]), ntasks, int(env.get("SLURM_LOCALID", 0)),
+                env.get("MASTER_ADDR") or _first_slurm_host(nodes), _slurm_port(env))
     return None
 
 
@@ -53,7 +68,8 @@ def init_distributed_mode(args):
     os.environ.update(RANK=str(args.rank), WORLD_SIZE=str(args.world_size),
                       LOCAL_RANK=str(args.gpu), MASTER_ADDR=addr, MASTER_PORT=str(port))
     use_cuda = str(args.device).startswith("cuda") and torch.cuda.is_available()
-    if use_cuda:
+    if use_cuda:  # modulo: SLURM may bind one GPU per task (each task then sees only device 0)
+        args.gpu %= torch.cuda.device_count()
         torch.cuda.set_device(args.gpu)
         args.device = f"cuda:{args.gpu}"
     dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",

@@ -35,6 +35,51 @@ def cosine_value(step, total_steps, base, final, warmup_steps=0, warmup_start=0.
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype=None,
+                   teacher_autocast=True, num_k=10, num_f=10, kd_T=1.0, temperature_s=0.1,
+                   temperature_t=0.05, normalize_target=True, mean=None, std=None):
+    """The forward half of one step: teacher targets (once, no gradients), pixel targets,
+    student outputs and :func:`losses.mmkd_loss`; returns ``(loss, terms)``.
+
+    Args:
+        videos: ``[B, 3, T, H, W]`` on ``device``; mask: bool ``[B, N]``, True = hidden.
+        amp_dtype: autocast dtype on CUDA (None = float32), for teacher and student alike:
+            the teacher runs in bf16 too, which is where most of its time goes.
+        teacher_autocast: False runs the teacher in float32 outside autocast, as the
+            reference code does (benchmarks' baseline).
+    """
+    raw = getattr(student, "module", student)
+    pe = raw.patch_embed
+    views = weights.views()
+    t_out = None
+    if teacher is not None:
+        with autocast_context(device, amp_dtype if teacher_autocast else None):
+            t_out = teacher(videos, mask, views, num_k, kd_T)
+    with autocast_context(device, amp_dtype):
+        target = None
+        if weights.pixel > 0:
+            target = pixel_targets(videos, mask, pe.tubelet_size, pe.patch_size, mean, std,
+                                   normalize_target)
+        s_out = student(videos, mask)
+        return mmkd_loss(s_out, t_out, weights, target, temperature_s, temperature_t, num_f)
+
+
+def optimizer_update(model, optimizer, loss_scaler=None, clip_grad=None):
+    """Unscale (fp16), clip, step and zero the gradients of ``model``'s trainable
+    parameters; returns the gradient norm before clipping."""
+    if loss_scaler:
+        loss_scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
+    if loss_scaler:
+        loss_scaler.step(optimizer)
+        loss_scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, weights,
                     lr_scheduler, wd_schedule, steps_per_epoch, loss_scaler=None,
                     amp_dtype=None, clip_grad=None, update_freq=1, num_k=10, num_f=10, kd_T=1.0,
@@ -57,9 +102,7 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
     """
     student.train()
     raw = getattr(student, "module", student)
-    pe = raw.patch_embed
     avg, skipped, seen = Averager(), 0, 0
-    views = weights.views()
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(data_loader, desc=f"epoch {epoch}", disable=not is_main_process(),
                dynamic_ncols=True, leave=True, mininterval=1.0)
@@ -80,15 +123,11 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                     g["weight_decay"] = wd
         videos = batch["video"].to(device, non_blocking=True)
         mask = batch["bool_masked_pos"].to(device, non_blocking=True).flatten(1).bool()
-        with autocast_context(device, amp_dtype):
-            t_out = teacher(videos, mask, views, num_k, kd_T) if teacher else None
-            target = None
-            if weights.pixel > 0:
-                target = pixel_targets(videos, mask, pe.tubelet_size, pe.patch_size, mean, std,
-                                       normalize_target)
-            s_out = student(videos, mask)
-            loss, terms = mmkd_loss(s_out, t_out, weights, target, temperature_s, temperature_t,
-                                    num_f)
+        loss, terms = forward_losses(student, teacher, videos, mask, weights=weights,
+                                     device=device, amp_dtype=amp_dtype, num_k=num_k, num_f=num_f,
+                                     kd_T=kd_T, temperature_s=temperature_s,
+                                     temperature_t=temperature_t,
+                                     normalize_target=normalize_target, mean=mean, std=std)
         values = {k: v.item() for k, v in terms.items()}
         for k, v in values.items():
             if not math.isfinite(v):
@@ -101,16 +140,7 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
             (loss_scaler.scale(scaled) if loss_scaler else scaled).backward()
         grad_norm = None
         if not accumulate:
-            if loss_scaler:
-                loss_scaler.unscale_(optimizer)
-            params = [p for p in raw.parameters() if p.requires_grad]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad else float("inf"))
-            if loss_scaler:
-                loss_scaler.step(optimizer)
-                loss_scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizer_update(raw, optimizer, loss_scaler, clip_grad)
         if torch.device(device).type == "cuda":  # honest step times
             torch.cuda.synchronize()
         t_step = time.perf_counter() - t_start  # compute only; data_time is the loader's share

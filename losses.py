@@ -27,15 +27,48 @@ DISTILL_VIEWS = {  # --distill -> attention views of MM-hidden (hint and relatio
 }
 
 
+TOPK_IMPLS = ("scatter", "dense", "gather")
+# What ``impl=None`` means in the top-k attention functions (the student and the teacher call
+# them without ``impl``); benchmarks set "dense" to time the reference computation.
+DEFAULT_TOPK_IMPL = "scatter"
+
+
 def _topk_softmax(logits, num_k, kd_T):
     """Softmax of ``logits / kd_T`` over the last dim, keeping only the top ``num_k`` entries
-    of each row and renormalising them to sum 1 (equal to a softmax over those entries)."""
+    of each row and renormalising them to sum 1 (equal to a softmax over those entries).
+
+    The plain, reference-shaped computation (``impl='dense'``): a boolean keep-mask, a
+    masked copy and a softmax, all of the logits' full size."""
     idx = logits.topk(num_k, dim=-1).indices
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, idx, True)
     return (logits / kd_T).masked_fill(~keep, float("-inf")).softmax(dim=-1)
 
 
-def topk_attention_global(logits, v, num_k, kd_T=1.0):
+def _topk_weights(logits, num_k, kd_T):
+    """``(p [..., k], idx [..., k])``: softmax of the top ``num_k`` logits of each row over
+    those ``k`` only (the renormalised top-k of the full softmax, without computing it)."""
+    vals, idx = logits.topk(num_k, dim=-1)  # [..., k]
+    return (vals / kd_T).softmax(dim=-1), idx
+
+
+def _topk_probs(logits, num_k, kd_T, impl):
+    """The renormalised top-k attention matrix, the shape of ``logits``: ``'dense'`` as in the
+    reference; ``'scatter'`` puts the ``k`` weights into one zero matrix (one buffer of the
+    logits' size instead of four, and only ``[..., k]`` tensors saved for the backward)."""
+    if impl == "dense":
+        return _topk_softmax(logits, num_k, kd_T)
+    p, idx = _topk_weights(logits, num_k, kd_T)
+    return torch.zeros_like(logits).scatter(-1, idx, p)
+
+
+def _check_impl(impl):
+    impl = DEFAULT_TOPK_IMPL if impl is None else impl
+    if impl not in TOPK_IMPLS:
+        raise ValueError(f"impl must be one of {TOPK_IMPLS}, got {impl!r}")
+    return impl
+
+
+def topk_attention_global(logits, v, num_k, kd_T=1.0, impl=None):
     """MM-hidden, global view (METHOD.md item 3): ``O = topk_renorm(softmax(A / kd_T)) V``.
 
     Args:
@@ -43,14 +76,29 @@ def topk_attention_global(logits, v, num_k, kd_T=1.0):
         v: ``[B, h, N, hd]`` values.
         num_k: entries kept per row (``--num_k``); must be <= N.
         kd_T: softmax temperature (``--kd_T``).
+        impl: ``None`` = ``DEFAULT_TOPK_IMPL``: ``'scatter'`` (top-k on the logits, softmax
+            over the ``k`` values, scattered into one ``[N, N]`` matrix times ``V``),
+            ``'dense'`` (the reference's masked full softmax) or ``'gather'``
+            (``O = sum_k p_k V[idx_k]``, which holds
+            ``[B, h, N, k, hd]`` gathered values: smaller than ``N x N`` only when
+            ``k * hd < N``). All three are equal up to float rounding;
+            ``benchmarks/bench_topk.py`` compares their time and memory.
     Returns:
         ``[B, N, h * hd]``, heads merged.
     """
-    p = _topk_softmax(logits.float(), num_k, kd_T)  # [B, h, N, N]
-    return rearrange(p @ v.float(), "b h n d -> b n (h d)")
+    impl = _check_impl(impl)
+    logits, v = logits.float(), v.float()
+    if impl == "gather":
+        p, idx = _topk_weights(logits, num_k, kd_T)  # [B, h, N, k]
+        b, h, n, hd = v.shape
+        vg = v.gather(2, idx.reshape(b, h, n * num_k, 1).expand(-1, -1, -1, hd))
+        out = (p.unsqueeze(-1) * vg.reshape(b, h, n, num_k, hd)).sum(-2)  # [B, h, N, hd]
+    else:
+        out = _topk_probs(logits, num_k, kd_T, impl) @ v  # [B, h, N, hd]
+    return rearrange(out, "b h n d -> b n (h d)")
 
 
-def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0):
+def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0, impl=None):
     """MM-hidden, local view (METHOD.md item 3): top-k attention within each temporal slice.
 
     Keys are split into ``num_slices`` contiguous groups (frame-major token order with tube
@@ -65,13 +113,23 @@ def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0):
         v: ``[B, h, N, hd]``.
         num_k: entries kept per row and slice; must be <= N / num_slices.
         num_slices: temporal slices ``T'`` (``model.patch_embed.grid_size[0]``).
+        impl: as in :func:`topk_attention_global`.
     Returns:
         ``[B, N, num_slices, h * hd]``: one output per (query, slice).
     """
+    impl = _check_impl(impl)
     logits = rearrange(logits.float(), "b h q (s n) -> b h q s n", s=num_slices)
-    p = _topk_softmax(logits, num_k, kd_T)  # [B, h, N, S, n]
     vs = rearrange(v.float(), "b h (s n) d -> b h s n d", s=num_slices)
-    out = torch.einsum("bhqsn,bhsnd->bqshd", p, vs)
+    if impl == "gather":
+        p, idx = _topk_weights(logits, num_k, kd_T)  # [B, h, N, S, k]
+        b, h, q, s, _ = idx.shape
+        hd = vs.shape[-1]
+        flat = idx.permute(0, 1, 3, 2, 4).reshape(b, h, s, q * num_k, 1)  # [B, h, S, N k, 1]
+        vg = vs.gather(3, flat.expand(-1, -1, -1, -1, hd)).reshape(b, h, s, q, num_k, hd)
+        out = torch.einsum("bhqsk,bhsqkd->bqshd", p, vg)
+    else:
+        p = _topk_probs(logits, num_k, kd_T, impl)  # [B, h, N, S, n]
+        out = torch.einsum("bhqsn,bhsnd->bqshd", p, vs)
     return rearrange(out, "b q s h d -> b q s (h d)")
 
 
@@ -105,10 +163,11 @@ def relation_loss(sel_s, sel_t, temperature_s=0.1, temperature_t=0.05):
     """
     s = F.normalize(sel_s.float().flatten(0, 1), dim=-1)  # [M, D]
     t = F.normalize(sel_t.float().flatten(0, 1), dim=-1)
-    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-    g_s = (s @ s.T).masked_fill(eye, -1e4) / temperature_s  # [M, M]
-    g_t = (t @ t.T).masked_fill(eye, -1e4) / temperature_t
-    kl = F.kl_div(g_s.log_softmax(-1), g_t.log_softmax(-1), log_target=True, reduction="sum")
+    g_s, g_t = s @ s.T, t @ t.T  # [M, M]: the only M x M buffers, besides the log-softmaxes
+    g_s.diagonal().fill_(-1e4)  # in place, no [M, M] identity mask; no gradient on the diagonal
+    g_t.diagonal().fill_(-1e4)
+    kl = F.kl_div((g_s / temperature_s).log_softmax(-1), (g_t / temperature_t).log_softmax(-1),
+                  log_target=True, reduction="sum")
     return kl / s.shape[0]
 
 

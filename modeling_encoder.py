@@ -8,7 +8,11 @@ frame-major ``(t, h, w)``, so the tokens of one temporal slice are contiguous.
 
 Attention has two paths: the fused ``scaled_dot_product_attention`` (default) and an
 explicit one that also returns the pre-softmax logits and the values, used only by the
-blocks whose maps a loss reads (MMKD Sec. 3.3, the masked attention distillation).
+blocks whose maps a loss reads (MMKD Sec. 3.3, the masked attention distillation). Even
+there the block's output comes from the fused kernel (``fused_attn=True``): the logits are
+computed for the loss, but no softmax matrix is kept for the backward. ``fused_attn=False``
+(:func:`set_fused_attn`) restores the reference computation, ``softmax(q k^T) v`` written
+out in every block, for benchmarks and equivalence tests.
 """
 from dataclasses import dataclass, field
 
@@ -82,10 +86,16 @@ class AttnMaps:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with q and v biases, no k bias (VideoMAE / BEiT)."""
+    """Multi-head self-attention with q and v biases, no k bias (VideoMAE / BEiT).
+
+    ``fused_attn`` (attribute, default True): compute the output with
+    ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels), also when the maps
+    are returned; False = the explicit ``softmax(q k^T * scale) v`` of the reference code.
+    """
 
     def __init__(self, dim, num_heads=8, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
+        self.fused_attn = True
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
@@ -113,13 +123,35 @@ class Attention(nn.Module):
         maps = None
         if return_maps:
             logits = (q * self.scale) @ k.transpose(-2, -1)  # [B, h, N, N]
-            attn = F.dropout(logits.softmax(dim=-1), drop, self.training)
-            out = attn @ v
             maps = AttnMaps(logits=logits, v=v)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # [B, h, N, hd]
+        else:  # the reference computation, N x N matrix kept for the backward
+            if not return_maps:
+                logits = (q * self.scale) @ k.transpose(-2, -1)  # [B, h, N, N]
+            out = F.dropout(logits.softmax(dim=-1), drop, self.training) @ v
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
         return (out, maps) if return_maps else out
+
+
+def set_fused_attn(model, enable=True):
+    """Switch every :class:`Attention` in ``model`` to the fused (True) or the explicit,
+    reference (False) computation of its output; returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = enable
+    return model
+
+
+def compile_blocks(model, **compile_kwargs):
+    """``torch.compile`` every transformer :class:`Block` of ``model`` in place
+    (``nn.Module.compile``), so parameter names and state-dict keys stay unchanged and the
+    data-dependent masking between blocks (boolean indexing) stays in eager mode.
+    Returns the number of blocks compiled."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for blk in blocks:
+        blk.compile(**compile_kwargs)
+    return len(blocks)
 
 
 class Block(nn.Module):

@@ -32,6 +32,15 @@ class VisionTransformer(VideoViTEncoder):
             nn.init.zeros_(self.head.bias)
             self.head.weight.data.mul_(init_scale)
 
+    def group_matcher(self, coarse=False):
+        """Parameter groups for timm's layer-wise lr decay (``create_optimizer_v2(...,
+        layer_decay=)``): the stem (``patch_embed``; ``pos_embed`` is a fixed buffer) is layer
+        0, block ``i`` is layer ``i + 1``, and everything else (``fc_norm``, ``head``) falls
+        into timm's last group, ``depth + 1``. So layer ``l`` gets the lr scale
+        ``layer_decay ** (depth + 1 - l)`` (BEiT / VideoMAE). ``coarse`` is accepted for
+        timm's interface; both groupings are per block."""
+        return dict(stem=r"^(?:patch_embed|pos_embed)", blocks=r"^blocks\.(\d+)")
+
     def forward_head(self, tokens, pre_logits=False):
         """``tokens [B, N, D]`` -> logits ``[B, num_classes]`` (or pooled ``[B, D]``)."""
         x = self.fc_norm(tokens.mean(dim=1))

@@ -22,6 +22,7 @@ from timm.scheduler import CosineLRScheduler
 
 import distributed as du
 from checkpoint import latest_checkpoint, load_checkpoint, load_teacher, save_checkpoint
+from modeling_encoder import compile_blocks
 from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
 from logger import RunLogger
 from losses import DISTILL_VIEWS, LossWeights
@@ -84,6 +85,11 @@ def get_args_parser(teacher=True):
     a("--warmup_steps", type=int, default=-1, help="warm-up updates (overrides --warmup_epochs)")
     a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
       help="autocast on CUDA: auto = bf16 where supported, else fp16")
+    a("--compile", action=argparse.BooleanOptionalAction, default=False,
+      help="torch.compile every transformer block of the student and the teacher "
+           "(state-dict keys unchanged); the first steps are slow while it compiles")
+    a("--fused_opt", action=argparse.BooleanOptionalAction, default=True,
+      help="fused (single-kernel) AdamW/Adam on CUDA; ignored on CPU and for other --opt")
     # data
     a("--data_path", required=True, help="annotation file, one 'path label' per line")
     a("--data_root", default="", help="prefix for relative video paths")
@@ -164,6 +170,14 @@ def build_models(args):
     return student, teacher
 
 
+def optimizer_kwargs(args):
+    """Extra ``create_optimizer_v2`` arguments: ``fused=True`` for AdamW/Adam on CUDA
+    (``--fused_opt``), which steps all parameters in one kernel per group."""
+    fused = (getattr(args, "fused_opt", False) and torch.device(args.device).type == "cuda"
+             and args.opt.lower() in ("adamw", "adam"))
+    return {"fused": True} if fused else {}
+
+
 def amp_setup(args):
     """``(autocast dtype or None, GradScaler or None)`` for ``--amp`` on this device."""
     if torch.device(args.device).type != "cuda" or args.amp == "none":
@@ -214,6 +228,9 @@ def main(args):
     student.to(device)
     if teacher is not None:
         teacher.to(device)
+    if getattr(args, "compile", False):  # in place: checkpoints keep their keys
+        n = compile_blocks(student) + (compile_blocks(teacher) if teacher is not None else 0)
+        print(f"torch.compile: {n} transformer blocks")
     raw = student
     if args.distributed:
         student = torch.nn.parallel.DistributedDataParallel(
@@ -224,7 +241,8 @@ def main(args):
     warmup = min(warmup, total - 1)
     optimizer = create_optimizer_v2(raw, opt=args.opt, lr=args.lr_scaled,
                                     weight_decay=args.weight_decay, eps=args.opt_eps,
-                                    betas=tuple(args.opt_betas), momentum=args.momentum)
+                                    betas=tuple(args.opt_betas), momentum=args.momentum,
+                                    **optimizer_kwargs(args))
     lr_scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup),
                                      lr_min=args.min_lr_scaled, warmup_t=warmup,
                                      warmup_lr_init=args.warmup_lr_scaled, warmup_prefix=True,

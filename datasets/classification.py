@@ -44,6 +44,10 @@ class VideoClsDataset(Dataset):
         auto_augment (str | None), interpolation (str), reprob (float), remode (str),
         recount (int): train: RandAugment and random erasing, see ``FinetuneTrainTransform``.
         check_files (bool): check at construction that every video exists.
+        scale_on_decode (bool): videos larger than the crops need are scaled down while
+            decoding (short side ``transform.decode_short_side``: ``short_side_size`` for
+            evaluation, ``input_size / sqrt(0.08)`` for training); False = decode at full
+            size and resize in the transform (slower, for comparisons).
     Items (``index``: the video's row in the annotation file, 0-based):
         train: ``{'video': float32 [3, T, H, W] (num_sample > 1: [num_sample, 3, T, H, W]),
         'label': int, 'index': int}``;
@@ -63,7 +67,7 @@ class VideoClsDataset(Dataset):
                  sampling_rate=4, sampling="dense", input_size=224, short_side_size=256,
                  test_num_segment=5, test_num_crop=3, num_sample=1, flip=True,
                  auto_augment=None, interpolation="bicubic", reprob=0.0, remode="pixel",
-                 recount=1, check_files=True):
+                 recount=1, check_files=True, scale_on_decode=True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if sampling not in SAMPLINGS:
@@ -81,6 +85,7 @@ class VideoClsDataset(Dataset):
         else:
             self.transform = EvalTransform(short_side_size, input_size, self.num_crop)
         self.guard = CorruptedVideoGuard(len(self.samples))
+        self.scale_on_decode = scale_on_decode
 
     def __len__(self):
         return len(self.samples) * self.num_segment * self.num_crop
@@ -107,8 +112,10 @@ class VideoClsDataset(Dataset):
         segment, crop = divmod(view, self.num_crop)
         path, label = self.samples[video_index]
         rng = item_rng(index) if self.mode == "train" else None
+        short = self.transform.decode_short_side if self.scale_on_decode else -1
         frames = self.guard.load(video_index, path,
-                                 lambda n, fps: self.frame_indices(n, segment, rng))
+                                 lambda n, fps: self.frame_indices(n, segment, rng),
+                                 short_side=short)  # train: one decode for all num_sample clips
         if frames is None:
             return None
         if self.mode == "train":

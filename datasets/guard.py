@@ -28,14 +28,16 @@ class CorruptedVideoGuard:
         self.status = torch.zeros(num_videos, dtype=torch.uint8).share_memory_()  # [V]
         self.verify = verify
 
-    def load(self, video_index, path, indices_fn):
-        """Frames uint8 ``[T, H, W, 3]`` from ``load_frames``, or ``None`` for a corrupted video
-        (with a ``RuntimeWarning`` naming the file, the first time)."""
+    def load(self, video_index, path, indices_fn, **decode_kwargs):
+        """Frames uint8 ``[T, H, W, 3]`` from ``load_frames`` (``decode_kwargs``: its
+        ``width``/``height``/``short_side``), or ``None`` for a corrupted video (with a
+        ``RuntimeWarning`` naming the file, the first time)."""
         status = int(self.status[video_index])
         if status == CORRUPTED:
             return None
         try:
-            frames = load_frames(path, indices_fn, check_last=self.verify and status == UNKNOWN)
+            frames = load_frames(path, indices_fn, check_last=self.verify and status == UNKNOWN,
+                                 **decode_kwargs)
         except VideoDecodeError as e:
             self.status[video_index] = CORRUPTED
             warnings.warn(f"skipping corrupted video: {e}", RuntimeWarning, stacklevel=3)

@@ -28,6 +28,9 @@ class VideoMAEPretrainDataset(Dataset):
             1 gives un-stacked items.
         flip (bool): random horizontal flip (VideoMAE: off).
         check_files (bool): check at construction that every video exists.
+        scale_on_decode (bool): videos larger than the crops need are scaled down while
+            decoding (short side ``transform.decode_short_side``, 340 for 224); False =
+            decode at full size and resize in the transform (slower, for comparisons).
     Items:
         ``{'video': float32 [3, T, H, W], 'bool_masked_pos': bool [N], 'index': int}``;
         with ``num_sample > 1``: ``video [num_sample, 3, T, H, W]`` and masks
@@ -39,8 +42,9 @@ class VideoMAEPretrainDataset(Dataset):
     """
 
     def __init__(self, anno_path, data_root, num_frames, sampling_rate, input_size,
-                 mask_generator, num_sample=1, flip=False, check_files=True):
+                 mask_generator, num_sample=1, flip=False, check_files=True, scale_on_decode=True):
         self.samples = read_annotation(anno_path, data_root, check_exists=check_files)
+        self.scale_on_decode = scale_on_decode
         self.num_frames, self.sampling_rate, self.num_sample = num_frames, sampling_rate, num_sample
         self.transform = PretrainTransform(input_size, flip=flip)
         self.mask_generator = mask_generator
@@ -56,8 +60,9 @@ class VideoMAEPretrainDataset(Dataset):
     def __getitem__(self, index):
         path, _ = self.samples[index]
         rng = item_rng(index)
+        short = self.transform.decode_short_side if self.scale_on_decode else -1
         frames = self.guard.load(index, path, lambda n, fps: dense_sample_indices(
-            n, self.num_frames, self.sampling_rate, rng))
+            n, self.num_frames, self.sampling_rate, rng), short_side=short)  # one decode, num_sample clips
         if frames is None:
             return None
         videos, masks = [], []

@@ -15,7 +15,12 @@ Input: decoded frames, uint8 ``[T, H, W, 3]`` (numpy or torch). Output: float32
 
 Deviation from VideoMAE: RandAugment runs after the crop, on ``input_size`` frames, rather than
 on the full-size frames before it (much cheaper; the same ops and magnitudes).
+
+Each transform has ``decode_short_side``: the smallest short side its crops need, so that the
+data sets can have the decoder scale larger videos down to it (``load_frames(short_side=)``)
+instead of converting full-size frames and resizing them here.
 """
+import math
 import random
 
 import numpy as np
@@ -92,6 +97,13 @@ class PretrainTransform:
     def __init__(self, input_size, scales=(1, .875, .75, .66), max_distort=1, flip=False):
         self.input_size, self.scales, self.max_distort, self.flip = input_size, scales, max_distort, flip
 
+    @property
+    def decode_short_side(self):
+        """``ceil(input_size / min(scales))`` (340 for 224): the smallest crop, ``min(scales)``
+        of the short side, is then still >= ``input_size`` pixels, so no crop is upsampled
+        that would not be from the full-size frames."""
+        return math.ceil(self.input_size / min(self.scales))
+
     def __call__(self, frames, rng):
         clip = to_tchw(frames)  # [T, 3, H, W] uint8
         top, left, h, w = multi_scale_crop_box(clip.shape[-2], clip.shape[-1], self.input_size,
@@ -157,6 +169,12 @@ class FinetuneTrainTransform:
         self.erase = RandomErasing(reprob, mode=remode, max_count=recount, num_splits=0,
                                    device="cpu") if reprob > 0 else None
 
+    @property
+    def decode_short_side(self):
+        """``ceil(input_size / sqrt(min scale))`` (792 for 224 and scale 0.08): a square crop of
+        the smallest area is then still >= ``input_size`` pixels wide."""
+        return math.ceil(self.input_size / math.sqrt(self.scale[0]))
+
     def __call__(self, frames):
         clip = to_tchw(frames)  # [T, 3, H, W] uint8
         top, left, h, w = RandomResizedCrop.get_params(clip, self.scale, self.ratio)
@@ -186,6 +204,11 @@ class EvalTransform:
     def __init__(self, short_side_size, crop_size, num_crop=1):
         spatial_crop_offsets(short_side_size, short_side_size, crop_size, num_crop)  # validate
         self.short_side_size, self.crop_size, self.num_crop = short_side_size, crop_size, num_crop
+
+    @property
+    def decode_short_side(self):
+        """``short_side_size``: frames decoded at that size need no resize here."""
+        return self.short_side_size
 
     def __call__(self, frames, crop_idx=0):
         clip = F.resize(to_tchw(frames), [self.short_side_size], antialias=True)  # [T, 3, h, w]

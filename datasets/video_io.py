@@ -122,7 +122,7 @@ def read_annotation(path, data_root="", sep=" ", *, nb_classes=None, check_exist
     return samples
 
 
-def load_frames(path, indices_fn, *, width=-1, height=-1, check_last=False):
+def load_frames(path, indices_fn, *, width=-1, height=-1, short_side=-1, check_last=False):
     """Decode the frames ``indices_fn(num_video_frames, fps)`` of a video.
 
     Backend: decord, except for ``PYAV_EXTENSIONS`` files, if decord is not installed or if
@@ -132,6 +132,12 @@ def load_frames(path, indices_fn, *, width=-1, height=-1, check_last=False):
         path (str): video file (any container/codec FFmpeg reads).
         indices_fn (callable): ``(num_video_frames: int, fps: float) -> int array [T]``.
         width, height (int): when both > 0, frames are resized while decoding.
+        short_side (int): when > 0 (and no ``width``/``height``), a video whose short side is
+            longer is scaled while decoding (FFmpeg's swscale, in the same pass as the
+            YUV -> RGB conversion) so that its short side is ``short_side``, keeping the
+            aspect ratio (:func:`scaled_size`); smaller videos are decoded as they are.
+            Data sets pass the smallest size their crops need, which saves the conversion
+            and the later resize of full-size frames (e.g. 3x on 1080p sources).
         check_last (bool): also decode the video's last frame (not returned), so that a
             stream that breaks part-way fails whatever frames were asked for.
     Returns:
@@ -144,17 +150,49 @@ def load_frames(path, indices_fn, *, width=-1, height=-1, check_last=False):
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "file not found")
     use_decord = decord is not None and not path.lower().endswith(PYAV_EXTENSIONS)
+    if short_side > 0 and not (width > 0 and height > 0) and use_decord:
+        # decord needs the output size up front; PyAV (below) reads it from the stream
+        size = _probe_size(path)
+        if size is not None:
+            width, height = scaled_size(*size, short_side)
     reader = _open_decord(path, width, height) if use_decord else None
     if reader is not None:
         frames, indices = _decord_frames(path, reader, indices_fn, check_last)
     else:
-        frames, indices = _pyav_frames(path, indices_fn, width, height, check_last)
+        frames, indices = _pyav_frames(path, indices_fn, width, height, check_last, short_side)
     expected = (len(indices),) + ((height, width) if width > 0 and height > 0 else frames.shape[1:3])
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[:3] != expected \
             or frames.shape[3] != 3:
         raise VideoDecodeError(path, f"frames of shape {frames.shape} {frames.dtype}, "
                                      f"expected {expected + (3,)} uint8")
     return frames
+
+
+def scaled_size(width, height, short_side):
+    """``(width, height)`` scaled so that the short side is ``short_side`` (aspect kept, the
+    long side rounded down as torchvision's ``resize(size=short_side)`` does), or unchanged
+    when the short side is already ``<= short_side``."""
+    if min(width, height) <= short_side:
+        return width, height
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+_SIZES = {}  # path -> (width, height): probed once per process (data loader worker)
+
+
+def _probe_size(path):
+    """``(width, height)`` of the first video stream from the container header, or None."""
+    if path not in _SIZES:
+        import av
+        try:
+            with av.open(path) as container:
+                cc = container.streams.video[0].codec_context
+                _SIZES[path] = (cc.width, cc.height) if cc.width > 0 and cc.height > 0 else None
+        except Exception:  # unreadable here: decode at full size, decord reports the error
+            return None
+    return _SIZES[path]
 
 
 def _open_decord(path, width, height):
@@ -185,7 +223,7 @@ def _decord_frames(path, reader, indices_fn, check_last):
     return frames, indices
 
 
-def _pyav_frames(path, indices_fn, width, height, check_last):
+def _pyav_frames(path, indices_fn, width, height, check_last, short_side=-1):
     import av
     try:
         with av.open(path) as container:
@@ -198,6 +236,10 @@ def _pyav_frames(path, indices_fn, width, height, check_last):
             if not stream.frames:  # counted by demuxing: rewind
                 container.seek(0, stream=stream)
             wanted, found = set(unique.tolist()), {}
+            if short_side > 0 and not (width > 0 and height > 0):
+                cc = stream.codec_context
+                if cc.width > 0 and cc.height > 0:
+                    width, height = scaled_size(cc.width, cc.height, short_side)
             size = dict(width=width, height=height) if width > 0 and height > 0 else {}
             for i, frame in enumerate(container.decode(stream)):  # sequential: no seeking
                 if i in wanted:
@@ -211,5 +253,9 @@ def _pyav_frames(path, indices_fn, width, height, check_last):
     missing = sorted(wanted - found.keys())
     if missing:
         raise VideoDecodeError(path, f"stream ended before frame {missing[0]} of {num}")
-    return np.stack([found[i] for i in indices.tolist()]), indices
+    frames = np.stack([found[i] for i in indices.tolist()])
+    if size and frames.shape[1:3] != (height, width):
+        raise VideoDecodeError(path, f"frames of {frames.shape[2]}x{frames.shape[1]}, expected "
+                                     f"{width}x{height}")
+    return frames, indices
 

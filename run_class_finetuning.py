@@ -1,0 +1,391 @@
+"""Fine-tuning and multi-view testing of a pre-trained video ViT (VideoMAE's
+``run_class_finetuning.py``, the protocol of VideoMAE Sec. 4, MVD and MMKD Sec. 4.1).
+
+    python run_class_finetuning.py --model vit_small_patch16_224 --data_set Kinetics-400 \
+        --data_path lists/k400 --finetune mmkd_small_k400.pth --output_dir out/ \
+        --batch_size 16 --epochs 150 --layer_decay 0.75 --dist_eval
+
+The pre-trained encoder (a student, a teacher, a VideoMAE/MVD/MMKD pre-training or
+fine-tuned checkpoint, or a Hugging Face one; loaded by ``checkpoint.load_pretrained``, which
+rebuilds the fixed position table for ``--num_frames`` / ``--input_size`` and resizes a learned
+one) gets a new ``fc_norm`` and head; training uses layer-wise lr decay, Mixup/CutMix,
+label smoothing, RandAugment, random erasing and repeated augmentation; every epoch is
+validated on ``val.csv`` (one view per video) when it exists, and the run ends with the
+multi-view test on ``test.csv`` (``--test_num_segment`` x ``--test_num_crop`` views per
+video, probabilities averaged), written to ``predictions.csv`` and ``test_summary.json``.
+``--eval`` runs only that test.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import CosineLRScheduler
+
+import distributed as du
+from checkpoint import latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
+from datasets import DATA_SETS
+from engine_for_finetuning import NonFiniteLossError, evaluate, multiview_test, train_one_epoch
+from logger import RunLogger
+from model_factory import CLASSIFIER_MODELS, create_classifier
+from modeling_encoder import compile_blocks
+from run_mmkd_pretraining import amp_setup
+from run_mmkd_pretraining import optimizer_kwargs as fused_kwargs
+
+
+def get_args_parser():
+    """VideoMAE's fine-tuning flags (defaults: its ViT-B Kinetics-400 recipe)."""
+    p = argparse.ArgumentParser("Video ViT fine-tuning and multi-view test",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--batch_size", type=int, default=64, help="clips per process and step")
+    a("--epochs", type=int, default=30)
+    a("--update_freq", type=int, default=1, help="gradient accumulation steps")
+    a("--save_ckpt_freq", type=int, default=100,
+      help="save every this many epochs (and at the end)")
+    # model
+    a("--model", default="vit_base_patch16_224", choices=sorted(CLASSIFIER_MODELS))
+    a("--finetune", default="", help="pre-trained checkpoint (student, teacher, VideoMAE/MVD/"
+      "MMKD pre-training or fine-tuned); empty = random initialisation")
+    a("--input_size", type=int, default=224, help="clip height = width in pixels")
+    a("--num_frames", type=int, default=16)
+    a("--drop_path", type=float, default=0.1)
+    a("--fc_drop_rate", type=float, default=0.0, help="dropout before the head")
+    a("--use_checkpoint", action="store_true", help="activation checkpointing of the blocks")
+    # optimisation
+    a("--opt", default="adamw", help="timm optimizer name")
+    a("--opt_eps", type=float, default=1e-8)
+    a("--opt_betas", type=float, nargs=2, default=None, help="default: the optimizer's")
+    a("--momentum", type=float, default=0.9)
+    a("--clip_grad", type=float, default=None, help="max grad norm (None = no clipping)")
+    a("--weight_decay", type=float, default=0.05)
+    a("--layer_decay", type=float, default=0.75, help="layer-wise lr decay (1 = none)")
+    a("--lr", type=float, default=1e-3, help="lr per 256 clips (scaled by total batch / 256)")
+    a("--warmup_lr", type=float, default=1e-6, help="warm-up start lr per 256 clips")
+    a("--min_lr", type=float, default=1e-6, help="final lr per 256 clips")
+    a("--warmup_epochs", type=int, default=5)
+    a("--warmup_steps", type=int, default=-1, help="warm-up updates (overrides --warmup_epochs)")
+    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
+      help="autocast on CUDA: auto = bf16 where supported, else fp16")
+    a("--compile", action=argparse.BooleanOptionalAction, default=False,
+      help="torch.compile every transformer block (state-dict keys unchanged)")
+    a("--fused_opt", action=argparse.BooleanOptionalAction, default=True,
+      help="fused (single-kernel) AdamW/Adam on CUDA; ignored on CPU and for other --opt")
+    # augmentation and regularisation
+    a("--smoothing", type=float, default=0.1, help="label smoothing")
+    a("--mixup", type=float, default=0.8, help="mixup alpha (0 = off)")
+    a("--cutmix", type=float, default=1.0, help="cutmix alpha (0 = off)")
+    a("--cutmix_minmax", type=float, nargs=2, default=None, help="cutmix box ratio range")
+    a("--mixup_prob", type=float, default=1.0)
+    a("--mixup_switch_prob", type=float, default=0.5, help="chance of cutmix when both are on")
+    a("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
+    a("--aa", default="rand-m7-n4-mstd0.5-inc1", help="RandAugment ('none' = off)")
+    a("--train_interpolation", default="bicubic")
+    a("--reprob", type=float, default=0.25, help="random erasing probability")
+    a("--remode", default="pixel")
+    a("--recount", type=int, default=1)
+    a("--num_sample", type=int, default=2, help="repeated augmentation: copies per clip")
+    # data
+    a("--data_set", default="Kinetics-400", choices=sorted(DATA_SETS))
+    a("--nb_classes", type=int, default=None, help="default: the data set's")
+    a("--data_path", required=True, help="directory with train.csv, val.csv, test.csv")
+    a("--data_root", default="", help="prefix for relative video paths")
+    a("--sampling_rate", type=int, default=4)
+    a("--short_side_size", type=int, default=224, help="short side before the test crops")
+    a("--test_num_segment", type=int, default=5, help="temporal test views")
+    a("--test_num_crop", type=int, default=3, choices=[1, 3], help="spatial test views")
+    a("--num_workers", type=int, default=10)
+    a("--pin_mem", action=argparse.BooleanOptionalAction, default=True)
+    # run
+    a("--dist_eval", action=argparse.BooleanOptionalAction, default=True,
+      help="shard validation and test over the processes (exact, no padding)")
+    a("--eval", action="store_true", help="only the multi-view test")
+    a("--output_dir", default="", help="checkpoints, log.json, args.json, predictions")
+    a("--log_dir", default=None, help="tensorboard directory")
+    a("--device", default="cuda")
+    a("--seed", type=int, default=0)
+    a("--resume", default="", help="fine-tuning checkpoint to resume from")
+    a("--auto_resume", action=argparse.BooleanOptionalAction, default=True,
+      help="resume from the newest checkpoint in --output_dir")
+    a("--start_epoch", type=int, default=0)
+    a("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    a("--dist_url", default="env://", help=argparse.SUPPRESS)
+    a("--world_size", type=int, default=1, help=argparse.SUPPRESS)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up
+# ---------------------------------------------------------------------------------------------
+
+def resolve_args(args, model):
+    """Check the flags against the model and derive the run's values (token grid, effective
+    batch, scaled lrs, mixup on/off). Raises ValueError naming the flag."""
+    if args.short_side_size < args.input_size:
+        raise ValueError(f"--short_side_size {args.short_side_size} is smaller than the "
+                         f"--input_size {args.input_size} crops")
+    if args.test_num_segment < 1 or args.num_sample < 1:
+        raise ValueError("--test_num_segment and --num_sample must be >= 1")
+    args.token_grid = list(model.patch_embed.grid_size)
+    args.world_size = du.get_world_size()
+    args.total_batch_size = args.batch_size * args.world_size * args.update_freq
+    scale = args.total_batch_size / 256
+    args.lr_scaled, args.min_lr_scaled, args.warmup_lr_scaled = (
+        args.lr * scale, args.min_lr * scale, args.warmup_lr * scale)
+    args.mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    if args.mixup_active and not args.eval and args.batch_size * args.num_sample % 2:
+        raise ValueError(f"Mixup/CutMix pairs clips: --batch_size {args.batch_size} x "
+                         f"--num_sample {args.num_sample} must be even (or --mixup 0 --cutmix 0)")
+
+
+def build_model(args):
+    """The classifier of ``--model`` (identical on every process) with ``--finetune`` loaded."""
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    model = create_classifier(args.model, num_classes=args.nb_classes,
+                              fc_drop_rate=args.fc_drop_rate, img_size=args.input_size,
+                              num_frames=args.num_frames, drop_path_rate=args.drop_path,
+                              use_checkpoint=args.use_checkpoint)
+    if args.finetune:  # encoder weights must all fit; fc_norm / head are new
+        missing, unexpected = load_pretrained(model, args.finetune, args.finetune)
+        print(f"loaded {args.finetune}: new (missing) keys {missing or 'none'}; unused keys "
+              f"{unexpected or 'none'}")
+    return model
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Items ``rank, rank + world, ...`` in order: every item on exactly one process, no
+    padding (``DistributedSampler`` repeats items to even out the shards, which would count
+    some videos twice in an evaluation)."""
+
+    def __init__(self, num_items, rank=0, world_size=1):
+        self.indices = range(rank, num_items, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def build_loader(args, mode):
+    """``(dataset, loader, sampler)`` of ``mode`` in ``train``/``validation``/``test``, or
+    ``(None, None, None)`` for a validation split without ``val.csv``."""
+    from datasets import build_dataset
+    from datasets.collate import collate_skip_none
+
+    if mode == "validation" and not os.path.isfile(os.path.join(args.data_path, "val.csv")):
+        return None, None, None
+    dataset, _ = build_dataset(mode == "train", mode == "test", args)
+    if mode == "train":
+        sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed)
+                   if args.distributed else torch.utils.data.RandomSampler(dataset))
+    elif args.distributed and args.dist_eval:
+        sampler = ShardSampler(len(dataset), du.get_rank(), du.get_world_size())
+    else:
+        sampler = ShardSampler(len(dataset))
+    loader = torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+        pin_memory=args.pin_mem and torch.device(args.device).type == "cuda",
+        drop_last=mode == "train", collate_fn=collate_skip_none,
+        persistent_workers=args.num_workers > 0 and mode != "test")
+    return dataset, loader, sampler
+
+
+def build_training(args, model, steps_per_epoch):
+    """Optimizer (timm, layer-wise lr decay), per-update cosine schedule with warm-up, Mixup
+    and the loss. Returns ``(optimizer, lr_scheduler, mixup_fn, criterion, warmup)``."""
+    opt_kwargs = dict(optimizer_kwargs(args), lr=args.lr_scaled, **fused_kwargs(args))
+    opt_kwargs["layer_decay"] = args.layer_decay if args.layer_decay < 1.0 else None
+    optimizer = create_optimizer_v2(model, **opt_kwargs)
+    total = steps_per_epoch * args.epochs
+    warmup = args.warmup_steps if args.warmup_steps >= 0 else args.warmup_epochs * steps_per_epoch
+    warmup = min(warmup, total - 1)
+    lr_scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup),
+                                     lr_min=args.min_lr_scaled, warmup_t=warmup,
+                                     warmup_lr_init=args.warmup_lr_scaled, warmup_prefix=True,
+                                     t_in_epochs=False)
+    mixup_fn = None
+    if args.mixup_active:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+                         cutmix_minmax=args.cutmix_minmax, prob=args.mixup_prob,
+                         switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=args.nb_classes)
+        criterion = SoftTargetCrossEntropy()
+    elif args.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+    return optimizer, lr_scheduler, mixup_fn, criterion, warmup
+
+
+def setup(args):
+    """Everything before the first step; bad input fails here with one clear message.
+    Returns ``(model, loaders)`` with ``loaders`` a dict of ``(dataset, loader, sampler)``."""
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is visible; use --device cpu")
+    for flag in ("epochs", "batch_size", "update_freq", "save_ckpt_freq"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.resume and not os.path.isfile(args.resume):
+        raise FileNotFoundError(f"--resume checkpoint {args.resume!r} does not exist")
+    du.init_distributed_mode(args)
+    args.nb_classes = args.nb_classes or DATA_SETS[args.data_set]["nb_classes"]
+    model = build_model(args)
+    resolve_args(args, model)
+    modes = ("test",) if args.eval else ("train", "validation", "test")
+    loaders = {mode: build_loader(args, mode) for mode in modes}
+    seed = args.seed + du.get_rank()  # different augmentation on every rank
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if not args.eval and len(loaders["train"][1]) < args.update_freq:
+        raise ValueError(f"{args.data_path}: {len(loaders['train'][0])} training clips give "
+                         f"{len(loaders['train'][1])} batches of --batch_size {args.batch_size} "
+                         f"per process, fewer than --update_freq {args.update_freq}")
+    return model, loaders
+
+
+def _resume(args, model, optimizer=None, scaler=None):
+    """Load ``--resume`` or (``--auto_resume``) the newest checkpoint of ``--output_dir``;
+    sets ``args.start_epoch``. Returns the path, or None.
+
+    Raises:
+        ValueError: the checkpoint cannot be loaded or does not fit the model."""
+    path = args.resume or (latest_checkpoint(args.output_dir)
+                           if args.auto_resume and args.output_dir else None)
+    if not path:
+        return None
+    ckpt = load_checkpoint(path)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as e:
+        raise ValueError(f"cannot resume from {path}: {str(e).strip()[:2000]}") from None
+    if optimizer is not None and "optimizer" in ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        args.start_epoch = ckpt["epoch"] + 1
+    print(f"resumed from {path} (epoch {ckpt.get('epoch', '?')} done)")
+    return path
+
+
+def run_test(args, model, loaders, device, amp_dtype):
+    """The multi-view test on ``test.csv``; prints and returns the summary."""
+    _, loader, _ = loaders["test"]
+    t0 = time.time()
+    summary = multiview_test(model, loader, device, amp_dtype=amp_dtype,
+                             output_dir=args.output_dir,
+                             views_per_video=args.test_num_segment * args.test_num_crop)
+    print(f"multi-view test ({args.test_num_segment}x{args.test_num_crop} views) of "
+          f"{summary['num_videos']} videos, {summary['num_views']} views: Top-1 "
+          f"{summary['top1']:.2f} | Top-{summary['topk_used']} {summary['top5']:.2f} | mean "
+          f"class accuracy {summary['mean_class_acc']:.2f} | skipped {summary['skipped_views']} "
+          f"views | {time.time() - t0:.1f}s")
+    return summary
+
+
+def _save(args, epoch, steps_per_epoch, model, optimizer, scaler):
+    if du.is_main_process() and args.output_dir:
+        save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
+                        {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler else None, "epoch": epoch,
+                         "step": (epoch + 1) * steps_per_epoch, "args": vars(args)})
+
+
+def _write_args(args):
+    if du.is_main_process() and args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+
+
+def _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn):
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{args.model}: {n_params / 1e6:.2f}M parameters, {args.nb_classes} classes, token "
+          f"grid {args.token_grid}; effective batch {args.total_batch_size} = {args.batch_size} "
+          f"x {args.world_size} processes x {args.update_freq} accumulation (x {args.num_sample} "
+          f"repeated augmentation); lr {args.lr_scaled:.3e} (min {args.min_lr_scaled:.3e}, "
+          f"warm-up {warmup} updates), layer decay {args.layer_decay}, "
+          f"{len(optimizer.param_groups)} parameter groups; {steps_per_epoch} updates per "
+          f"epoch; mixup {'on' if mixup_fn else 'off'}")
+
+
+def train(args, model, loaders, device, amp_dtype, scaler):
+    """The epoch loop: train, save every ``--save_ckpt_freq`` epochs and at the end, validate
+    when there is a validation split, log."""
+    _, train_loader, train_sampler = loaders["train"]
+    steps_per_epoch = len(train_loader) // args.update_freq
+    optimizer, lr_scheduler, mixup_fn, criterion, warmup = build_training(args, model,
+                                                                          steps_per_epoch)
+    try:
+        _resume(args, model, optimizer, scaler)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn)
+    _write_args(args)
+    ddp = model
+    if args.distributed:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    logger = RunLogger(args.output_dir, args.log_dir)
+    start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            train_sampler.set_epoch(epoch)
+        try:
+            stats = train_one_epoch(ddp, criterion, train_loader, optimizer, device, epoch,
+                                    lr_scheduler=lr_scheduler, steps_per_epoch=steps_per_epoch,
+                                    mixup_fn=mixup_fn, loss_scaler=scaler, amp_dtype=amp_dtype,
+                                    clip_grad=args.clip_grad, update_freq=args.update_freq,
+                                    logger=logger)
+        except NonFiniteLossError as e:
+            last = latest_checkpoint(args.output_dir) if args.output_dir else None
+            sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")
+        print(f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f} | lr "
+              f"{stats.get('lr', 0):.3e} | {stats.get('clips_per_s', 0):.2f} clips/s | skipped "
+              f"{stats['skipped_videos']} corrupted videos")
+        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+            _save(args, epoch, steps_per_epoch, model, optimizer, scaler)
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
+        if loaders["validation"][1] is not None:
+            val = evaluate(model, loaders["validation"][1], device, amp_dtype=amp_dtype,
+                           distributed=args.distributed and args.dist_eval)
+            print(f"epoch {epoch} validation of {val['num_videos']} videos: Top-1 "
+                  f"{val['acc1']:.2f} | Top-5 {val['acc5']:.2f} | loss {val['loss']:.4f}")
+            record.update({f"val_{k}": v for k, v in val.items()})
+        logger.log_json(record)
+    logger.close()
+    print(f"training time {time.time() - start:.1f}s")
+
+
+def main(args):
+    try:
+        model, loaders = setup(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    device = torch.device(args.device)
+    model.to(device)
+    if args.compile:  # in place: checkpoints keep their keys
+        print(f"torch.compile: {compile_blocks(model)} transformer blocks")
+    amp_dtype, scaler = amp_setup(args)
+    if args.eval:
+        try:
+            resumed = _resume(args, model)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        if not resumed and not args.finetune:
+            print("warning: --eval without --finetune, --resume or a checkpoint in "
+                  "--output_dir tests a randomly initialised model")
+        _write_args(args)
+    else:
+        train(args, model, loaders, device, amp_dtype, scaler)
+    run_test(args, model, loaders, device, amp_dtype)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

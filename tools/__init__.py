@@ -1,0 +1,1 @@
+"""Stand-alone tools (data preparation for the demos)."""

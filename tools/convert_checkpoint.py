@@ -1,0 +1,87 @@
+"""Convert checkpoints between ours (VideoMAE / MVD / MMKD layouts) and Hugging Face
+``transformers`` VideoMAE, or report what a checkpoint is.
+
+    # ours -> transformers (a fine-tuned classifier -> VideoMAEForVideoClassification;
+    # a pre-training checkpoint with decoder -> VideoMAEForPreTraining; else VideoMAEModel)
+    python tools/convert_checkpoint.py to-hf --checkpoint out/checkpoint-99.pth \
+        --model vit_small_patch16_224 --nb_classes 400 --output_dir hf_vit_small_k400/
+    # transformers directory -> ours ({'model': state_dict} for --finetune / --path_t)
+    python tools/convert_checkpoint.py from-hf --hf_dir hf_vit_small_k400/ --output ours.pth
+    # which layout a file or directory has
+    python tools/convert_checkpoint.py inspect some_checkpoint.pth
+
+Checkpoints may be any layout ``checkpoint.load_pretrained`` reads (``model`` / ``module`` /
+DeepSpeed wrappers, ``encoder.`` prefixes, Hugging Face names).
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from checkpoint import (checkpoint_filter_fn, checkpoint_kind, load_checkpoint,  # noqa: E402
+                        load_weights, save_checkpoint, unwrap_state_dict)
+from hf_interop import export_to_hf, from_hf  # noqa: E402
+from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("checkpoint conversion", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    to = sub.add_parser("to-hf", help="ours -> transformers directory (save_pretrained)")
+    to.add_argument("--checkpoint", required=True)
+    to.add_argument("--model", required=True, choices=sorted(CLASSIFIER_MODELS) + sorted(PRETRAIN_MODELS),
+                    help="vit_* = classifier; pretrain_videomae_* = pre-training model")
+    to.add_argument("--nb_classes", type=int, default=400, help="classifier classes")
+    to.add_argument("--decoder_depth", type=int, default=4,
+                    help="pre-training model's pixel decoder blocks (0 = encoder only)")
+    to.add_argument("--num_frames", type=int, default=16)
+    to.add_argument("--input_size", type=int, default=224)
+    to.add_argument("--labels", default="", help="text file, one class name per line")
+    to.add_argument("--output_dir", required=True)
+    frm = sub.add_parser("from-hf", help="transformers directory -> ours")
+    frm.add_argument("--hf_dir", required=True)
+    frm.add_argument("--output", required=True)
+    ins = sub.add_parser("inspect", help="print a checkpoint's layout")
+    ins.add_argument("checkpoint")
+    return p
+
+
+def build_ours(args):
+    """Our model of ``--model`` with the checkpoint's weights, every key accounted for (a
+    distillation projector excepted, which transformers has no place for)."""
+    geometry = dict(img_size=args.input_size, num_frames=args.num_frames)
+    if args.model in CLASSIFIER_MODELS:
+        model = create_classifier(args.model, num_classes=args.nb_classes, **geometry)
+    else:
+        model = create_student(args.model, decoder_depth=args.decoder_depth, **geometry)
+    state = checkpoint_filter_fn(load_checkpoint(args.checkpoint), model)
+    state = {k: v for k, v in state.items() if not k.startswith("projector.")}
+    load_weights(model, state, args.checkpoint)
+    return model.eval()
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if args.command == "inspect":
+        ckpt = load_checkpoint(args.checkpoint)
+        print(json.dumps({"kind": checkpoint_kind(ckpt), "tensors": len(unwrap_state_dict(ckpt))}))
+    elif args.command == "to-hf":
+        id2label = None
+        if args.labels:
+            with open(args.labels) as f:
+                id2label = dict(enumerate(line.strip() for line in f if line.strip()))
+        hf = export_to_hf(build_ours(args), args.output_dir, id2label)
+        print(f"wrote {type(hf).__name__} to {args.output_dir}")
+    else:
+        model, config = from_hf(args.hf_dir)
+        save_checkpoint(args.output, {"model": model.state_dict(),
+                                      "hf_config": config.to_json_string()})
+        print(f"wrote {type(model).__name__} ({config.hidden_size} wide, "
+              f"{config.num_hidden_layers} blocks) to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
