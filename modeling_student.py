@@ -54,7 +54,7 @@ class PixelDecoder(nn.Module):
     def __init__(self, num_patches, out_dim, embed_dim=384, depth=4, num_heads=6, mlp_ratio=4.0,
                  qkv_bias=True, drop_path_rate=0.0):
         super().__init__()
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias,
                                           drop_path=dpr[i]) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
