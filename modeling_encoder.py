@@ -229,7 +229,7 @@ class VideoViTEncoder(nn.Module):
         # A fixed table: a buffer that follows .to(device) but stays out of checkpoints.
         self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, embed_dim),
                              persistent=False)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate,
                                           attn_drop_rate, dpr[i]) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
