@@ -375,7 +375,8 @@ def draw_mask(shown, mask, query, moved, geo, args, info, out_dir):
     title = (f"{args.mask_type} mask, --mask_ratio {args.mask_ratio}: {hid} of {mask.size} tokens "
              f"hidden (grey), {mask.size - hid} visible "
              f"({(~per_slice).sum((1, 2)).tolist()} per slice); student and teacher encode "
-             f"only the visible ones. First frame of each {tub}-frame tubelet shown.\n" + query_text(query, moved, geo, args))
+             f"only the visible ones. First frame of each {tub}-frame tubelet shown.\n"
+             + query_text(query, moved, geo, args))
     fig, axes = new_figure(1, t, title, legend=True)
     for s, ax in enumerate(axes[0]):
         ax.imshow(shown[s * tub], interpolation="nearest")

@@ -74,3 +74,12 @@ print(f"multi-view test: Top-1 {s['top1']:.1f} / Top-5 {s['top5']:.1f} over {s['
       f"held-out videos, {s['num_views']} views (chance Top-1 = 20.0 with 5 classes; Top-5 is "
       f"trivially 100 with 5 classes)")
 PY
+
+echo "== 4/4 training curves and what teacher and student attend to =="
+python tools/plot_curves.py "$OUT/teacher" "$OUT/curves/teacher"
+python tools/plot_curves.py "$OUT/student" "$OUT/curves/student"
+python tools/plot_curves.py "$OUT/finetune" "$OUT/curves/finetune"
+bash scripts/vis_kd.sh "$VIDEOS/arm_wrestling_demo.mp4" "$OUT/vis" "$STUDENT" "$TEACHER" \
+  --model pretrain_videomae_tiny_patch16_224 --model_t pretrain_videomae_small_patch16_224 \
+  --input_size 112 --num_frames 8 --mask_ratio 0.75 --num_k 10 --idx 25 --idx_f 1
+echo "demo done in $(( $(date +%s) - START )) s; outputs in $OUT/ (curves/, vis/, finetune/predictions.csv)"

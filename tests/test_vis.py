@@ -64,7 +64,8 @@ def test_images_have_their_sizes_and_are_not_blank(run):
     out, _ = run
     t = GRID[0]
     expected = {"attention_global.png": (2, t, 1.3), "attention_local.png": (2, t, 1.3),
-                "mask.png": (1, t, 0.0), "reconstruction.png": (3, t, 0.45), "frames.png": (1, 4, 0.0)}
+                "mask.png": (1, t, 0.0), "reconstruction.png": (3, t, 0.45),
+                "frames.png": (1, 4, 0.0)}
     for name, (rows, cols, extra_w) in expected.items():
         image = np.asarray(Image.open(os.path.join(out, name)).convert("RGB"), dtype=float)
         width = run_vis.figure_size(rows, cols, extra_w)[0]
@@ -174,7 +175,8 @@ def test_reconstruction_keeps_the_visible_patches():
     mask = build_masking_generator("tube", (2, 2, 2), 0.5, seed=0)()
     frames, mse = run_vis.reconstruct(student, x, torch.from_numpy(mask)[None], True)
     assert frames.shape == shown.shape and np.isfinite(mse)
-    visible = ~mask.reshape(2, 1, 2, 1, 2, 1).repeat(2, 1).repeat(16, 3).repeat(16, 5).reshape(4, 32, 32)
+    visible = ~mask.reshape(2, 1, 2, 1, 2, 1).repeat(2, 1).repeat(16, 3).repeat(16, 5)
+    visible = visible.reshape(4, 32, 32)  # per pixel of each frame
     np.testing.assert_allclose(frames[visible], shown[visible], atol=1e-5)
     assert np.abs(frames[~visible] - shown[~visible]).mean() > 1e-3  # hidden ones predicted
 

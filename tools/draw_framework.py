@@ -82,8 +82,8 @@ def draw_models(ax):
     """Student (top) and frozen teacher (bottom), both fed the same visible tokens."""
     arrow(ax, (5.5, 4.75), (6.35, 6.2), INPUT, rad=-0.2)
     arrow(ax, (5.5, 3.45), (6.35, 2.0), INPUT, rad=0.2)
-    box(ax, 6.4, 5.55, 2.7, 1.4, "Student ViT\n(trainable; e.g. ViT-S)\n+ projector to the\nteacher's width $D_t$",
-        STUDENT, weight="bold")
+    box(ax, 6.4, 5.55, 2.7, 1.4, "Student ViT\n(trainable; e.g. ViT-S)\n+ projector to the\n"
+        "teacher's width $D_t$", STUDENT, weight="bold")
     box(ax, 6.4, 1.3, 2.7, 1.4, "Teacher ViT\n(frozen; VideoMAE-\npretrained ViT-B)", TEACHER,
         weight="bold")
     ax.text(7.75, 4.12, "both encode the same\nvisible tokens;\nlast block read out:\n"
@@ -93,14 +93,15 @@ def draw_models(ax):
 
 def draw_mask_again(ax):
     """The dashed "mask again" stage with its two selections."""
-    ax.add_patch(FancyBboxPatch((9.75, 0.95), 3.1, 6.45, boxstyle="round,pad=0.02,rounding_size=0.2",
-                                fc="none", ec=MASK_AGAIN, lw=2, ls="--"))
+    ax.add_patch(FancyBboxPatch((9.75, 0.95), 3.1, 6.45, fc="none", ec=MASK_AGAIN, lw=2, ls="--",
+                                boxstyle="round,pad=0.02,rounding_size=0.2"))
     ax.text(11.3, 7.12, "MASK AGAIN", ha="center", va="center", fontsize=13, weight="bold",
             color=MASK_AGAIN)
     ax.text(11.3, 6.78, "distil only the salient part", ha="center", va="center", fontsize=10,
             color=MASK_AGAIN)
-    box(ax, 9.95, 4.45, 2.7, 1.95, "top-$num_f$ salient tokens\n$S = \\mathrm{topk}(\\|Z_t\\|_1, num_f)$"
-        "\nper clip, chosen by\nthe teacher's features", MASK_AGAIN, size=10.5)
+    box(ax, 9.95, 4.45, 2.7, 1.95, "top-$num_f$ salient tokens\n"
+        "$S = \\mathrm{topk}(\\|Z_t\\|_1, num_f)$\nper clip, chosen by\nthe teacher's features",
+        MASK_AGAIN, size=10.5)
     box(ax, 9.95, 1.2, 2.7, 2.55, "top-$num_k$ attention\n$P = \\mathrm{softmax}(A / kd_T)$\n"
         "keep the $num_k$ largest\nentries of every row,\nrenormalise; $O = P\\,V$\n"
         "(all keys / each slice)", MASK_AGAIN, size=10.5)
@@ -129,15 +130,16 @@ def draw_losses(ax):
     ax.plot([16.1, 16.1], [6.675, 0.375], color=LOSS, lw=2)
     arrow(ax, (16.1, 0.375), (15.45, 0.375), LOSS)
     box(ax, 6.4, 0.05, 9.0, 0.65,
-        "$\\mathcal{L} = \\gamma\\,\\mathcal{L}_{\\mathrm{hint}} + \\beta\\,(\\beta_1\\mathcal{L}_{\\mathrm{global}}"
-        " + \\beta_2\\mathcal{L}_{\\mathrm{local}}) + \\alpha\\,\\mathcal{L}_{\\mathrm{relation}}$", LOSS,
-        fill=0.2, size=15)
+        r"$\mathcal{L} = \gamma\,\mathcal{L}_{\mathrm{hint}} + \beta\,(\beta_1"
+        r"\mathcal{L}_{\mathrm{global}} + \beta_2\mathcal{L}_{\mathrm{local}}) + \alpha\,"
+        r"\mathcal{L}_{\mathrm{relation}}$", LOSS, fill=0.2, size=15)
 
 
 def draw_key(ax):
     ax.text(0.3, 1.75, "gradients reach only the student (and projector)\n"
             "reference ViT-B student: $\\gamma$=0.2, $\\alpha$=0.1, $\\beta$=1, $\\beta_1$=3, "
-            "$\\beta_2$=1,\n$num_k$ = $num_f$ = 10, $kd_T$ = 1; relation $\\tau_s$=0.1, $\\tau_t$=0.05",
+            "$\\beta_2$=1,\n$num_k$ = $num_f$ = 10, $kd_T$ = 1; relation $\\tau_s$=0.1, "
+            "$\\tau_t$=0.05",
             ha="left", va="top", fontsize=9.5, color=INPUT, linespacing=1.5)
     for i, (color, text) in enumerate(((STUDENT, "student (trainable)"),
                                        (TEACHER, "teacher (frozen, no gradient)"),

@@ -140,12 +140,14 @@ def plot_loss_terms(series, out_dir):
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     for k in keys:
         xs, ys = series[k]
-        ax.plot(xs, ys, marker="o" if len(xs) <= 40 else None, ms=3, lw=1.8 if k.endswith("_loss") else 1.2,
+        ax.plot(xs, ys, marker="o" if len(xs) <= 40 else None, ms=3,
+                lw=1.8 if k.endswith("_loss") else 1.2,
                 label=f"{k}: {DESCRIPTIONS.get(k.partition('_')[2], '')}")
     values = [y for k in keys for y in series[k][1] if math.isfinite(y)]
     if values and min(values) > 0:
         ax.set_yscale("log")
-    ax.set_title("Loss terms against epoch (terms unweighted; 'loss' = the optimised weighted total)", fontsize=10)
+    ax.set_title("Loss terms against epoch (terms unweighted; 'loss' = the optimised weighted "
+                 "total)", fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -191,7 +193,8 @@ def plot_step_tag(tag, steps, values, out_dir):
         ax.plot(steps, running_mean(values, window), lw=1.8, label=f"running mean of {window}")
         ax.legend(fontsize=8)
     split, _, name = tag.partition("/")
-    ax.set_title(f"{SPLITS.get(split, split)}: {DESCRIPTIONS.get(name, name)}\n[{tag}]", fontsize=10)
+    ax.set_title(f"{SPLITS.get(split, split)}: {DESCRIPTIONS.get(name, name)}\n[{tag}]",
+                 fontsize=10)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(tag)
     ax.grid(alpha=0.3)
