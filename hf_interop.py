@@ -7,8 +7,8 @@ remapped; this module maps the *configs* and builds the models around it.
 
 Numerical differences that no weight mapping can remove (measured in ``tests/test_interop.py``):
 
-- ``VideoMAEConfig.layer_norm_eps`` defaults to 1e-12 and the hub's VideoMAE configs use it;
-  ours (and the original VideoMAE) use 1e-6. Export writes 1e-6; import warns on another
+- ``VideoMAEConfig.layer_norm_eps`` defaults to 1e-12 (so converted hub models typically run
+  with it); ours (and the original VideoMAE) use 1e-6. Export writes 1e-6; import warns on another
   value unless ``match_eps=True``, which gives our model transformers' eps values.
 - transformers builds ``fc_norm`` (classification) and the pixel decoder's final ``norm`` as
   ``nn.LayerNorm(dim)``, i.e. eps 1e-5, whatever the config says; the original uses 1e-6.
@@ -16,6 +16,12 @@ Numerical differences that no weight mapping can remove (measured in ``tests/tes
 - transformers' ``VideoMAEForVideoClassification`` with ``use_mean_pooling=False`` classifies
   the first token after a final norm; ours always mean-pools (no class token): refused.
 - transformers takes clips as ``pixel_values [B, T, C, H, W]``; ours ``[B, C, T, H, W]``.
+
+What does match: ``VideoMAEForPreTraining`` decodes as ours (and the original) does, i.e.
+encoder on the visible tokens (+ its final ``layernorm`` unless ``use_mean_pooling``),
+``encoder_to_decoder``, visible tokens + their sinusoid positions followed by
+``mask_token`` + the hidden positions, predictions for the hidden tokens in mask order;
+its ``norm_pix_loss`` target equals ours (``losses.pixel_targets``, unbiased std + 1e-6).
 """
 import warnings
 
