@@ -3,7 +3,8 @@ the protocol MMKD Sec. 4.1 and MVD use unchanged).
 
 - :func:`train_one_epoch`: supervised steps with repeated augmentation (the ``num_sample``
   copies of a clip flattened into the batch), timm Mixup/CutMix, gradient accumulation and a
-  per-update timm lr schedule.
+  per-update timm lr schedule; the update itself is a :class:`TorchStep` (autocast, GradScaler,
+  clipping, DDP) or a :class:`DeepSpeedStep` (``--enable_deepspeed``: the engine does all that).
 - :func:`evaluate`: single-view validation (one centred clip and crop per video), Top-1/Top-5.
 - :func:`multiview_test`: every test view (``test_num_segment`` clips x ``test_num_crop``
   crops) scored once, the softmax probabilities of a video's views averaged, then Top-1, Top-5
@@ -30,9 +31,9 @@ from distributed import all_reduce_mean, all_reduce_sum, get_rank, is_main_proce
 from engine_for_pretraining import NonFiniteLossError, autocast_context, optimizer_update
 from logger import Averager
 
-__all__ = ["NonFiniteLossError", "average_views", "evaluate", "flatten_repeated", "mix_clips",
-           "multiview_metrics", "multiview_test", "score_views", "topk_correct",
-           "train_one_epoch", "write_predictions"]
+__all__ = ["DeepSpeedStep", "NonFiniteLossError", "TorchStep", "average_views", "evaluate",
+           "flatten_repeated", "mix_clips", "multiview_metrics", "multiview_test", "score_views",
+           "topk_correct", "train_one_epoch", "write_predictions"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,32 +78,96 @@ def mix_clips(mixup_fn, videos, labels):
     return mixed.view_as(videos), targets
 
 
+class TorchStep:
+    """One micro-batch in plain PyTorch: forward and loss under autocast, backward of
+    ``loss / update_freq`` (DDP ``no_sync`` while accumulating) and, on the last micro-batch of
+    an update, unscale (fp16), clip, step and zero (:func:`optimizer_update`).
+
+    Args:
+        model: the (possibly DDP-wrapped) classifier; optimizer: its optimizer.
+        loss_scaler: ``torch.amp.GradScaler`` (fp16) or None; amp_dtype: autocast dtype or None.
+        clip_grad: max gradient norm or None; update_freq: micro-batches per update.
+    """
+
+    def __init__(self, model, optimizer, *, loss_scaler=None, amp_dtype=None, clip_grad=None,
+                 update_freq=1):
+        self.model, self.optimizer, self.loss_scaler = model, optimizer, loss_scaler
+        self.amp_dtype, self.clip_grad, self.update_freq = amp_dtype, clip_grad, update_freq
+        self.eval_kwargs = dict(amp_dtype=amp_dtype)  # for evaluate / multiview_test
+
+    def loss(self, criterion, videos, targets):
+        with autocast_context(videos.device, self.amp_dtype):
+            return criterion(self.model(videos), targets)
+
+    def is_boundary(self, i):
+        """Whether micro-batch ``i`` of the epoch ends an update."""
+        return (i + 1) % self.update_freq == 0
+
+    def __call__(self, loss, boundary):
+        """Backward (and the update at a boundary); returns the gradient norm or None."""
+        no_sync = not boundary and hasattr(self.model, "no_sync")  # DDP: reduce on the last one
+        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+            scaled = loss / self.update_freq
+            (self.loss_scaler.scale(scaled) if self.loss_scaler else scaled).backward()
+        if boundary:
+            raw = getattr(self.model, "module", self.model)
+            return float(optimizer_update(raw, self.optimizer, self.loss_scaler, self.clip_grad))
+        return None
+
+
+class DeepSpeedStep:
+    """One micro-batch through a DeepSpeed engine: inputs cast to the engine's dtype
+    (``deepspeed_utils.input_dtype``), ``engine.backward(loss)`` and ``engine.step()``; loss
+    scaling, accumulation, clipping and zeroing happen inside the engine."""
+
+    def __init__(self, engine, dtype=torch.float32):
+        self.model, self.dtype = engine, dtype
+        self.eval_kwargs = dict(dtype=dtype)  # the engine's model is held in this dtype
+
+    def loss(self, criterion, videos, targets):
+        return criterion(self.model(videos.to(self.dtype)).float(), targets)
+
+    def is_boundary(self, i):
+        return self.model.is_gradient_accumulation_boundary()
+
+    def __call__(self, loss, boundary):
+        self.model.backward(loss)
+        self.model.step()
+        norm = self.model.get_global_grad_norm() if boundary else None
+        return None if norm is None else float(norm)
+
+
 def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, lr_scheduler,
                     steps_per_epoch, mixup_fn=None, loss_scaler=None, amp_dtype=None,
-                    clip_grad=None, update_freq=1, logger=None):
+                    clip_grad=None, update_freq=1, logger=None, step=None):
     """Fine-tune ``model`` for one epoch of ``steps_per_epoch`` optimizer updates.
 
     Args:
-        model: (possibly DDP-wrapped) classifier, ``[B, 3, T, H, W] -> [B, C]``.
+        model: (possibly DDP-wrapped) classifier, ``[B, 3, T, H, W] -> [B, C]``, or the
+            DeepSpeed engine of ``step``.
         criterion: loss of ``(logits [B, C], targets)``; targets are soft ``[B, C]`` with
             ``mixup_fn`` (``SoftTargetCrossEntropy``), class indices ``[B]`` otherwise.
         data_loader: yields ``collate_skip_none`` dicts: ``video [B, 3, T, H, W]`` or
             ``[B, S, 3, T, H, W]`` (repeated augmentation), ``label [B]``, ``num_skipped``.
+        optimizer: the optimizer whose ``param_groups`` the schedule sets (logged lr).
         lr_scheduler: timm scheduler, ``step_update(global_update)`` before every update.
         steps_per_epoch: optimizer updates per epoch; the first
             ``steps_per_epoch * update_freq`` micro-batches are used.
         mixup_fn: ``timm.data.Mixup`` or None.
-        loss_scaler: ``torch.amp.GradScaler`` (fp16) or None; amp_dtype: autocast dtype or None.
-        clip_grad: max gradient norm or None; update_freq: micro-batches per update.
+        loss_scaler, amp_dtype, clip_grad: for the default ``step`` (see :class:`TorchStep`).
+        update_freq: micro-batches per update.
         logger: :class:`logger.RunLogger` for per-update scalars, or None.
+        step: :class:`TorchStep` or :class:`DeepSpeedStep`; default
+            ``TorchStep(model, optimizer, ...)`` of the arguments above.
     Returns:
         dict of epoch means over processes (``loss``, ``lr``, ``grad_norm``, ``clips_per_s``,
         ``data_time``, ``step_time``) plus totals ``clips`` and ``skipped_videos``.
     Raises:
         NonFiniteLossError: the loss is NaN/inf (names epoch and step); no step is taken on it.
     """
+    step = step or TorchStep(model, optimizer, loss_scaler=loss_scaler, amp_dtype=amp_dtype,
+                             clip_grad=clip_grad, update_freq=update_freq)
     model.train()
-    raw = getattr(model, "module", model)
     avg, skipped, seen = Averager(), 0, 0
     optimizer.zero_grad(set_to_none=True)
     num_batches = steps_per_epoch * update_freq
@@ -115,8 +180,6 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
         t_data = time.perf_counter() - t_end
         skipped += int(batch.get("num_skipped", 0))
         update = epoch * steps_per_epoch + i // update_freq
-        if i % update_freq == 0:
-            lr_scheduler.step_update(update)
         if "video" not in batch:  # every clip of this batch was corrupted
             t_end = time.perf_counter()
             continue
@@ -128,22 +191,18 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
             if videos.shape[0] == 0:
                 t_end = time.perf_counter()
                 continue
-        with autocast_context(device, amp_dtype):
-            loss = criterion(model(videos), targets)
+        loss = step.loss(criterion, videos, targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {i} (global "
                                      f"update {update}); stopping without a step")
-        accumulate = (i + 1) % update_freq != 0
-        no_sync = accumulate and hasattr(model, "no_sync")  # DDP: reduce on the last one only
-        sync = model.no_sync() if no_sync else contextlib.nullcontext()
-        with sync:
-            scaled = loss / update_freq
-            (loss_scaler.scale(scaled) if loss_scaler else scaled).backward()
+        boundary = step.is_boundary(i)
+        if boundary:
+            lr_scheduler.step_update(update)
         step_metrics = dict(loss=loss_value)
-        if not accumulate:
-            step_metrics["grad_norm"] = float(optimizer_update(raw, optimizer, loss_scaler,
-                                                               clip_grad))
+        grad_norm = step(loss, boundary)
+        if grad_norm is not None:
+            step_metrics["grad_norm"] = grad_norm
         if torch.device(device).type == "cuda":  # honest step times
             torch.cuda.synchronize()
         t_step = time.perf_counter() - t_end
@@ -152,7 +211,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
         step_metrics.update(lr=max(g["lr"] for g in optimizer.param_groups),
                             clips_per_s=n / t_step, data_time=t_data, step_time=t_step)
         avg.update(step_metrics, n)
-        if logger is not None and not accumulate:
+        if logger is not None and boundary:
             logger.scalars(step_metrics, update, "train")
         bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in step_metrics.items()),
                             refresh=False)
@@ -240,12 +299,14 @@ def multiview_metrics(mean_probs, labels, k=5):
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(model, data_loader, device, *, amp_dtype=None, distributed=False):
+def evaluate(model, data_loader, device, *, amp_dtype=None, dtype=None, distributed=False):
     """Single-view validation: cross-entropy, Top-1 and Top-5 (percent) over the clips.
 
     Args:
         model: classifier (unwrapped); data_loader: ``collate_skip_none`` batches with
             ``video [B, 3, T, H, W]`` and ``label [B]``.
+        amp_dtype: autocast dtype or None; dtype: input dtype (a DeepSpeed engine's model
+            dtype) or None (as loaded).
         distributed: the loader's sampler shards the set without padding (each clip on one
             process); sums are then reduced over processes, so the result is exact.
     Returns:
@@ -257,7 +318,7 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, distributed=False):
         totals["skipped"] += int(batch.get("num_skipped", 0))
         if "video" not in batch:
             continue
-        videos, labels = batch["video"].to(device), batch["label"].to(device)
+        videos, labels = batch["video"].to(device=device, dtype=dtype), batch["label"].to(device)
         with autocast_context(device, amp_dtype):
             logits = model(videos).float()
         totals["loss"] += F.cross_entropy(logits, labels, reduction="sum").item()
@@ -273,11 +334,12 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, distributed=False):
 
 
 @torch.no_grad()
-def score_views(model, data_loader, device, *, amp_dtype=None):
+def score_views(model, data_loader, device, *, amp_dtype=None, dtype=None):
     """Softmax probabilities of every test view this process sees.
 
     Args:
         data_loader: test-mode batches (``video``, ``label``, ``video_id``, ``index``, ``view``).
+        amp_dtype, dtype: as in :func:`evaluate`.
     Returns:
         dict ``video_index [M]``, ``view [M]``, ``label [M]`` (int64), ``probs [M, C]``
         (float32, CPU), ``video_ids`` (``{video_index: video_id}``), ``skipped`` (views whose
@@ -291,7 +353,7 @@ def score_views(model, data_loader, device, *, amp_dtype=None):
         if "video" not in batch:
             continue
         with autocast_context(device, amp_dtype):
-            logits = model(batch["video"].to(device))
+            logits = model(batch["video"].to(device=device, dtype=dtype))
         rows["probs"].append(logits.float().softmax(dim=1).cpu())  # [B, C]
         for key in ("video_index", "view", "label"):
             rows[key].append(batch["index" if key == "video_index" else key].long())
@@ -338,13 +400,14 @@ def write_predictions(path, video_ids, labels, mean_probs, num_views, k=5):
                        + [f"{s:.6f}" for s in top.values[r].tolist()])
 
 
-def multiview_test(model, data_loader, device, *, amp_dtype=None, output_dir="",
+def multiview_test(model, data_loader, device, *, amp_dtype=None, dtype=None, output_dir="",
                    views_per_video=None):
     """The multi-view test: score every view, gather, average per video, report.
 
     Args:
         model: classifier (unwrapped); data_loader: test-mode loader whose sampler gives each
             view to exactly one process (duplicates would be dropped anyway).
+        amp_dtype, dtype: as in :func:`evaluate`.
         output_dir: when set, rank 0 writes ``predictions.csv`` (:func:`write_predictions`)
             and ``test_summary.json`` there.
         views_per_video: ``test_num_segment * test_num_crop``, recorded in the summary.
@@ -352,7 +415,8 @@ def multiview_test(model, data_loader, device, *, amp_dtype=None, output_dir="",
         the summary dict on every process: :func:`multiview_metrics` plus ``num_views``
         (distinct views scored), ``skipped_views``, ``views_per_video``.
     """
-    merged = _gather_scores(score_views(model, data_loader, device, amp_dtype=amp_dtype))
+    merged = _gather_scores(score_views(model, data_loader, device, amp_dtype=amp_dtype,
+                                         dtype=dtype))
     summary = None
     if merged is not None:
         videos, mean_probs, num_views = average_views(merged["video_index"], merged["view"],

@@ -13,7 +13,9 @@ label smoothing, RandAugment, random erasing and repeated augmentation; every ep
 validated on ``val.csv`` (one view per video) when it exists, and the run ends with the
 multi-view test on ``test.csv`` (``--test_num_segment`` x ``--test_num_crop`` views per
 video, probabilities averaged), written to ``predictions.csv`` and ``test_summary.json``.
-``--eval`` runs only that test.
+``--eval`` runs only that test. ``--enable_deepspeed`` (``--zero_stage`` 0-2) trains through a
+DeepSpeed engine, which then saves DeepSpeed checkpoint directories (``<output_dir>/latest``,
+``<output_dir>/checkpoint-<epoch>/``) that ``--eval``, ``--finetune`` and resuming read too.
 """
 import argparse
 import json
@@ -29,9 +31,13 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import CosineLRScheduler
 
 import distributed as du
-from checkpoint import latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
+from checkpoint import (latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint,
+                        unwrap_state_dict)
 from datasets import DATA_SETS
-from engine_for_finetuning import NonFiniteLossError, evaluate, multiview_test, train_one_epoch
+from deepspeed_utils import (add_deepspeed_args, build_deepspeed_config, init_deepspeed,
+                             input_dtype, require_deepspeed)
+from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep, evaluate,
+                                   multiview_test, train_one_epoch)
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, create_classifier
 from modeling_encoder import compile_blocks
@@ -117,6 +123,7 @@ def get_args_parser():
     a("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     a("--dist_url", default="env://", help=argparse.SUPPRESS)
     a("--world_size", type=int, default=1, help=argparse.SUPPRESS)
+    add_deepspeed_args(p)
     return p
 
 
@@ -229,10 +236,12 @@ def setup(args):
     Returns ``(model, loaders)`` with ``loaders`` a dict of ``(dataset, loader, sampler)``."""
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is visible; use --device cpu")
+    if args.enable_deepspeed:
+        require_deepspeed()  # ImportError saying how to install it, before any data is read
     for flag in ("epochs", "batch_size", "update_freq", "save_ckpt_freq"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.resume and not os.path.isfile(args.resume):
+    if args.resume and not os.path.exists(args.resume):
         raise FileNotFoundError(f"--resume checkpoint {args.resume!r} does not exist")
     du.init_distributed_mode(args)
     args.nb_classes = args.nb_classes or DATA_SETS[args.data_set]["nb_classes"]
@@ -250,22 +259,30 @@ def setup(args):
     return model, loaders
 
 
+def _latest(output_dir):
+    """The newest checkpoint of ``output_dir``: a ``checkpoint-*.pth``, else the directory
+    itself when DeepSpeed saved there (its ``latest`` tag); None when there is neither."""
+    if not output_dir:
+        return None
+    ds = os.path.isfile(os.path.join(output_dir, "latest"))
+    return latest_checkpoint(output_dir) or (output_dir if ds else None)
+
+
 def _resume(args, model, optimizer=None, scaler=None):
-    """Load ``--resume`` or (``--auto_resume``) the newest checkpoint of ``--output_dir``;
-    sets ``args.start_epoch``. Returns the path, or None.
+    """Load ``--resume`` or (``--auto_resume``) the newest checkpoint of ``--output_dir``
+    (ours or a DeepSpeed one); sets ``args.start_epoch``. Returns the path, or None.
 
     Raises:
         ValueError: the checkpoint cannot be loaded or does not fit the model."""
-    path = args.resume or (latest_checkpoint(args.output_dir)
-                           if args.auto_resume and args.output_dir else None)
+    path = args.resume or (_latest(args.output_dir) if args.auto_resume else None)
     if not path:
         return None
     ckpt = load_checkpoint(path)
     try:
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError) as e:
+        model.load_state_dict(unwrap_state_dict(ckpt))
+    except RuntimeError as e:
         raise ValueError(f"cannot resume from {path}: {str(e).strip()[:2000]}") from None
-    if optimizer is not None and "optimizer" in ckpt:
+    if optimizer is not None and ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -274,12 +291,30 @@ def _resume(args, model, optimizer=None, scaler=None):
     return path
 
 
-def run_test(args, model, loaders, device, amp_dtype):
-    """The multi-view test on ``test.csv``; prints and returns the summary."""
+def _resume_deepspeed(args, engine):
+    """DeepSpeed's resume (weights, ZeRO optimizer partitions, loss scale) from ``--resume``
+    (a DeepSpeed save directory or one of its tag directories) or, with ``--auto_resume``,
+    the ``latest`` tag in ``--output_dir``; sets ``args.start_epoch``. Returns the path or None."""
+    path = args.resume or (args.output_dir if args.auto_resume else "")
+    if not path or (not args.resume and not os.path.isfile(os.path.join(path, "latest"))):
+        return None
+    load_dir, tag = path, None
+    if not os.path.isfile(os.path.join(path, "latest")):  # a tag directory
+        load_dir, tag = os.path.split(os.path.normpath(path))
+    loaded, client = engine.load_checkpoint(load_dir, tag=tag)
+    if loaded is None or "epoch" not in (client or {}):
+        raise ValueError(f"cannot resume from {path}: not a DeepSpeed checkpoint of this script")
+    args.start_epoch = client["epoch"] + 1
+    print(f"resumed from {loaded} (epoch {client['epoch']} done)")
+    return loaded
+
+
+def run_test(args, model, loaders, device, **eval_kwargs):
+    """The multi-view test on ``test.csv`` (``eval_kwargs``: ``amp_dtype`` / ``dtype`` of
+    ``multiview_test``); prints and returns the summary."""
     _, loader, _ = loaders["test"]
     t0 = time.time()
-    summary = multiview_test(model, loader, device, amp_dtype=amp_dtype,
-                             output_dir=args.output_dir,
+    summary = multiview_test(model, loader, device, **eval_kwargs, output_dir=args.output_dir,
                              views_per_video=args.test_num_segment * args.test_num_crop)
     print(f"multi-view test ({args.test_num_segment}x{args.test_num_crop} views) of "
           f"{summary['num_videos']} videos, {summary['num_views']} views: Top-1 "
@@ -289,8 +324,11 @@ def run_test(args, model, loaders, device, amp_dtype):
     return summary
 
 
-def _save(args, epoch, steps_per_epoch, model, optimizer, scaler):
-    if du.is_main_process() and args.output_dir:
+def _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine=None):
+    if engine is not None and args.output_dir:  # every rank: each writes its ZeRO partition
+        engine.save_checkpoint(args.output_dir, tag=f"checkpoint-{epoch}",
+                               client_state={"epoch": epoch, "args": vars(args)})
+    elif du.is_main_process() and args.output_dir:
         save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
                         {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict() if scaler else None, "epoch": epoch,
@@ -317,43 +355,56 @@ def _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn):
 
 def train(args, model, loaders, device, amp_dtype, scaler):
     """The epoch loop: train, save every ``--save_ckpt_freq`` epochs and at the end, validate
-    when there is a validation split, log."""
+    when there is a validation split, log. Returns the evaluation kwargs for the test
+    (``amp_dtype``, or with DeepSpeed the engine's ``dtype``)."""
     _, train_loader, train_sampler = loaders["train"]
     steps_per_epoch = len(train_loader) // args.update_freq
     optimizer, lr_scheduler, mixup_fn, criterion, warmup = build_training(args, model,
                                                                           steps_per_epoch)
+    _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn)
+    engine = None
+    if args.enable_deepspeed:  # no DDP, no GradScaler: the engine does both
+        ds_config = build_deepspeed_config(args.batch_size, args.update_freq, args.world_size,
+                                           amp_dtype, args.zero_stage, args.clip_grad)
+        engine, optimizer = init_deepspeed(model, optimizer, ds_config)
+        step = DeepSpeedStep(engine, input_dtype(ds_config))
+        print(f"DeepSpeed ZeRO-{args.zero_stage}, {step.dtype}")
+    else:
+        ddp = model
+        if args.distributed:
+            ddp = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        step = TorchStep(ddp, optimizer, loss_scaler=scaler, amp_dtype=amp_dtype,
+                         clip_grad=args.clip_grad, update_freq=args.update_freq)
     try:
-        _resume(args, model, optimizer, scaler)
+        if engine is not None:
+            _resume_deepspeed(args, engine)
+        else:
+            _resume(args, model, optimizer, scaler)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn)
     _write_args(args)
-    ddp = model
-    if args.distributed:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     logger = RunLogger(args.output_dir, args.log_dir)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         if args.distributed:
             train_sampler.set_epoch(epoch)
         try:
-            stats = train_one_epoch(ddp, criterion, train_loader, optimizer, device, epoch,
+            stats = train_one_epoch(step.model, criterion, train_loader, optimizer, device, epoch,
                                     lr_scheduler=lr_scheduler, steps_per_epoch=steps_per_epoch,
-                                    mixup_fn=mixup_fn, loss_scaler=scaler, amp_dtype=amp_dtype,
-                                    clip_grad=args.clip_grad, update_freq=args.update_freq,
-                                    logger=logger)
+                                    mixup_fn=mixup_fn, update_freq=args.update_freq,
+                                    logger=logger, step=step)
         except NonFiniteLossError as e:
-            last = latest_checkpoint(args.output_dir) if args.output_dir else None
+            last = _latest(args.output_dir)
             sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")
         print(f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f} | lr "
               f"{stats.get('lr', 0):.3e} | {stats.get('clips_per_s', 0):.2f} clips/s | skipped "
               f"{stats['skipped_videos']} corrupted videos")
         if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-            _save(args, epoch, steps_per_epoch, model, optimizer, scaler)
+            _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
         if loaders["validation"][1] is not None:
-            val = evaluate(model, loaders["validation"][1], device, amp_dtype=amp_dtype,
+            val = evaluate(model, loaders["validation"][1], device, **step.eval_kwargs,
                            distributed=args.distributed and args.dist_eval)
             print(f"epoch {epoch} validation of {val['num_videos']} videos: Top-1 "
                   f"{val['acc1']:.2f} | Top-5 {val['acc5']:.2f} | loss {val['loss']:.4f}")
@@ -361,18 +412,20 @@ def train(args, model, loaders, device, amp_dtype, scaler):
         logger.log_json(record)
     logger.close()
     print(f"training time {time.time() - start:.1f}s")
+    return step.eval_kwargs
 
 
 def main(args):
     try:
         model, loaders = setup(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")
     device = torch.device(args.device)
     model.to(device)
     if args.compile:  # in place: checkpoints keep their keys
         print(f"torch.compile: {compile_blocks(model)} transformer blocks")
     amp_dtype, scaler = amp_setup(args)
+    eval_kwargs = dict(amp_dtype=amp_dtype)
     if args.eval:
         try:
             resumed = _resume(args, model)
@@ -383,8 +436,8 @@ def main(args):
                   "--output_dir tests a randomly initialised model")
         _write_args(args)
     else:
-        train(args, model, loaders, device, amp_dtype, scaler)
-    run_test(args, model, loaders, device, amp_dtype)
+        eval_kwargs = train(args, model, loaders, device, amp_dtype, scaler)
+    run_test(args, model, loaders, device, **eval_kwargs)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """DeepSpeed support: config from flags, the install hint without DeepSpeed, and (where
 DeepSpeed is installed) one fine-tuning step through an engine on the CPU, whose checkpoint
-our loader reads back."""
+our loader reads back, and a ``run_class_finetuning.py --enable_deepspeed`` run end to end."""
 import argparse
 import importlib
+import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -10,11 +13,13 @@ import torch
 import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 
-from checkpoint import checkpoint_kind, load_pretrained
+import run_class_finetuning as rcf
+from checkpoint import checkpoint_kind, load_checkpoint, load_pretrained
 from deepspeed_utils import (_free_port, add_deepspeed_args, build_deepspeed_config,
                              init_deepspeed, input_dtype, load_deepspeed_weights,
                              require_deepspeed)
 from model_factory import create_classifier
+from test_finetuning import DIST_CLIPS, ENV, ROOT, VIDEOS, _anno_dir
 
 GEOM = dict(img_size=32, num_frames=4)
 
@@ -42,6 +47,13 @@ def test_missing_deepspeed_says_pip_install(monkeypatch):
     model = create_classifier("vit_tiny_patch16_224", num_classes=3, **GEOM)
     with pytest.raises(ImportError, match="--enable_deepspeed needs DeepSpeed"):
         init_deepspeed(model, torch.optim.SGD(model.parameters(), lr=0.1), build_deepspeed_config(2))
+    args = rcf.get_args_parser().parse_args(["--data_path", "nowhere", "--device", "cpu",
+                                             "--enable_deepspeed"])
+    with pytest.raises(SystemExit) as e:  # before any data is read
+        rcf.main(args)
+    msg = str(e.value.code)
+    assert msg.startswith("error: --enable_deepspeed needs DeepSpeed") and "\n" not in msg
+    assert "pip install deepspeed" in msg
 
 
 def test_one_finetuning_step_and_checkpoint(tmp_path, monkeypatch, zero_stage=2):
@@ -82,3 +94,62 @@ def test_one_finetuning_step_and_checkpoint(tmp_path, monkeypatch, zero_stage=2)
     fresh = create_classifier("vit_tiny_patch16_224", num_classes=3, **GEOM)
     load_pretrained(fresh, str(tmp_path / "checkpoint-0"), "deepspeed", strict=True)
     assert torch.equal(fresh.head.weight, model.head.weight)
+
+
+# DeepSpeed JIT-compiles its CPU shared-memory all-reduce op on first use (~45 s); one process
+# does not need it. This launcher runs the script with that build switched off.
+# (``import deepspeed.comm.torch as t`` would bind the torch package, which deepspeed.comm
+# re-exports under that name.)
+_NO_SHM = ("import importlib, runpy, sys; "
+           "importlib.import_module('deepspeed.comm.torch').build_shm_op = lambda: None; "
+           "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def test_finetuning_script_with_deepspeed_zero2_then_eval(tmp_path):
+    """One epoch of ``--enable_deepspeed --zero_stage 2`` on real clips (two micro-batches
+    accumulated into one update), a DeepSpeed checkpoint directory, the multi-view test; then
+    ``--eval`` reads that checkpoint (auto-resume from --output_dir, and --finetune of the tag
+    directory) and gets the same test result; a second epoch resumes through the engine."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
+    data = _anno_dir(tmp_path / "anno", DIST_CLIPS, [0, 1, 2, 0, 1])
+    out = str(tmp_path / "ds")
+    argv = ["--model", "vit_tiny_patch16_224", "--data_set", "UCF101", "--nb_classes", "3",
+            "--data_path", data, "--data_root", VIDEOS, "--input_size", "32",
+            "--short_side_size", "40", "--num_frames", "4", "--sampling_rate", "4",
+            "--batch_size", "2", "--update_freq", "2", "--epochs", "1", "--warmup_epochs", "0",
+            "--clip_grad", "1.0", "--test_num_segment", "2", "--test_num_crop", "1",
+            "--num_workers", "0", "--device", "cpu", "--output_dir", out]
+    def run(*extra):
+        res = subprocess.run([sys.executable, "-c", _NO_SHM,
+                              os.path.join(ROOT, "run_class_finetuning.py"), *argv,
+                              "--enable_deepspeed", "--zero_stage", "2", *extra],
+                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res
+
+    res = run()
+    assert "DeepSpeed ZeRO-2" in res.stdout and "1 updates per epoch" in res.stdout
+    assert "shm_comm_op built" not in res.stdout
+    assert open(os.path.join(out, "latest")).read().strip() == "checkpoint-0"
+    assert os.path.isfile(os.path.join(out, "checkpoint-0",
+                                       "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+    ckpt = load_checkpoint(out)  # weights_only=True through the 'latest' tag
+    assert ckpt["epoch"] == 0 and ckpt["args"]["enable_deepspeed"] and ckpt["global_steps"] == 1
+    assert checkpoint_kind(ckpt) == "finetune" and ckpt["module"]["head.weight"].shape == (3, 192)
+    log = [json.loads(line) for line in open(os.path.join(out, "log.json"))]
+    assert len(log) == 1 and torch.isfinite(torch.tensor(log[0]["train_loss"]))
+    assert log[0]["val_num_videos"] == 5
+    summary = json.load(open(os.path.join(out, "test_summary.json")))
+    assert summary["num_videos"] == 5 and summary["num_views"] == 10
+    os.remove(os.path.join(out, "test_summary.json"))
+    rcf.main(rcf.get_args_parser().parse_args([*argv, "--eval"]))  # auto-resumes out/
+    assert json.load(open(os.path.join(out, "test_summary.json"))) == summary
+    other = str(tmp_path / "eval")
+    rcf.main(rcf.get_args_parser().parse_args(
+        [*argv, "--eval", "--no-auto_resume", "--finetune", os.path.join(out, "checkpoint-0"),
+         "--output_dir", other]))
+    assert json.load(open(os.path.join(other, "test_summary.json"))) == summary
+    res = run("--epochs", "2")  # engine.load_checkpoint of out/latest, then epoch 1 only
+    assert "resumed from" in res.stdout and "(epoch 0 done)" in res.stdout
+    assert [r["epoch"] for r in map(json.loads, open(os.path.join(out, "log.json")))] == [0, 1]
+    assert open(os.path.join(out, "latest")).read().strip() == "checkpoint-1"
