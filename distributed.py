@@ -113,3 +113,23 @@ def all_reduce_sum(value, device="cpu"):
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item()
+
+
+def add_run_args(parser):
+    """Flags every training script shares: workers, output, device, seed, resuming, and the
+    launcher flags older scripts pass (accepted; the values come from the environment)."""
+    import argparse
+    a = parser.add_argument
+    a("--num_workers", type=int, default=10)
+    a("--pin_mem", action=argparse.BooleanOptionalAction, default=True)
+    a("--output_dir", default="", help="checkpoints, log.json, args.json")
+    a("--log_dir", default=None, help="tensorboard directory")
+    a("--device", default="cuda")
+    a("--seed", type=int, default=0)
+    a("--resume", default="", help="checkpoint to resume from")
+    a("--auto_resume", action=argparse.BooleanOptionalAction, default=True,
+      help="resume from the newest checkpoint in --output_dir")
+    a("--start_epoch", type=int, default=0)
+    a("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    a("--dist_url", default="env://", help=argparse.SUPPRESS)
+    a("--world_size", type=int, default=1, help=argparse.SUPPRESS)

@@ -106,23 +106,11 @@ def get_args_parser():
     a("--short_side_size", type=int, default=224, help="short side before the test crops")
     a("--test_num_segment", type=int, default=5, help="temporal test views")
     a("--test_num_crop", type=int, default=3, choices=[1, 3], help="spatial test views")
-    a("--num_workers", type=int, default=10)
-    a("--pin_mem", action=argparse.BooleanOptionalAction, default=True)
     # run
     a("--dist_eval", action=argparse.BooleanOptionalAction, default=True,
       help="shard validation and test over the processes (exact, no padding)")
     a("--eval", action="store_true", help="only the multi-view test")
-    a("--output_dir", default="", help="checkpoints, log.json, args.json, predictions")
-    a("--log_dir", default=None, help="tensorboard directory")
-    a("--device", default="cuda")
-    a("--seed", type=int, default=0)
-    a("--resume", default="", help="fine-tuning checkpoint to resume from")
-    a("--auto_resume", action=argparse.BooleanOptionalAction, default=True,
-      help="resume from the newest checkpoint in --output_dir")
-    a("--start_epoch", type=int, default=0)
-    a("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
-    a("--dist_url", default="env://", help=argparse.SUPPRESS)
-    a("--world_size", type=int, default=1, help=argparse.SUPPRESS)
+    du.add_run_args(p)
     add_deepspeed_args(p)
     return p
 

@@ -95,21 +95,7 @@ def get_args_parser(teacher=True):
     a("--data_root", default="", help="prefix for relative video paths")
     a("--num_frames", type=int, default=16)
     a("--sampling_rate", type=int, default=4)
-    a("--num_workers", type=int, default=10)
-    a("--pin_mem", action=argparse.BooleanOptionalAction, default=True)
-    # run
-    a("--output_dir", default="", help="checkpoints, log.json, args.json")
-    a("--log_dir", default=None, help="tensorboard directory")
-    a("--device", default="cuda")
-    a("--seed", type=int, default=0)
-    a("--resume", default="", help="checkpoint to resume from")
-    a("--auto_resume", action=argparse.BooleanOptionalAction, default=True,
-      help="resume from the newest checkpoint in --output_dir")
-    a("--start_epoch", type=int, default=0)
-    # accepted so torch.distributed.launch-style scripts still run; values come from the env
-    a("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
-    a("--dist_url", default="env://", help=argparse.SUPPRESS)
-    a("--world_size", type=int, default=1, help=argparse.SUPPRESS)
+    du.add_run_args(p)
     return p
 
 
