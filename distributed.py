@@ -106,6 +106,17 @@ def all_reduce_mean(values, device="cpu"):
     return {k: v / get_world_size() for k, v in zip(keys, t.tolist())}
 
 
+def every_rank(flag, device="cpu"):
+    """True when ``flag`` is True on every process. Training loops ask this before a step so
+    that a process whose batch held only corrupted clips never leaves the others waiting in
+    DDP's gradient all-reduce: all skip that step together."""
+    if not is_dist():
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def all_reduce_sum(value, device="cpu"):
     """Sum a number over processes."""
     if not is_dist():

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distributed import all_reduce_mean, all_reduce_sum, get_rank, is_main_process
+from distributed import all_reduce_mean, all_reduce_sum, every_rank, get_rank, is_main_process
 from engine_for_pretraining import NonFiniteLossError, autocast_context, optimizer_update
 from logger import Averager
 
@@ -180,7 +180,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
         t_data = time.perf_counter() - t_end
         skipped += int(batch.get("num_skipped", 0))
         update = epoch * steps_per_epoch + i // update_freq
-        if "video" not in batch:  # every clip of this batch was corrupted
+        if not every_rank("video" in batch, device):  # a batch of only corrupted clips
             t_end = time.perf_counter()
             continue
         videos, labels = flatten_repeated(batch["video"].to(device, non_blocking=True),

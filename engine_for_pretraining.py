@@ -11,7 +11,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from distributed import all_reduce_mean, all_reduce_sum, is_main_process
+from distributed import all_reduce_mean, all_reduce_sum, every_rank, is_main_process
 from logger import Averager
 from losses import mmkd_loss, pixel_targets
 
@@ -111,7 +111,7 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
         t_start = time.perf_counter()
         t_data = t_start - t_end
         skipped += int(batch.get("num_skipped", 0))
-        if "video" not in batch:  # every clip of this batch was corrupted
+        if not every_rank("video" in batch, device):  # a batch of only corrupted clips
             t_end = time.perf_counter()
             continue
         update = epoch * steps_per_epoch + i // update_freq

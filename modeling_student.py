@@ -83,7 +83,9 @@ class PretrainVisionTransformer(nn.Module):
                  decoder_num_heads=6, teacher_dim=None, views=("global", "local"), num_k=10,
                  kd_T=1.0):
         super().__init__()
-        self.encoder = VideoViTEncoder(**encoder_kwargs)
+        # the final norm feeds only the pixel decoder; without one it would get no gradient
+        # (which DDP rejects) and the distillation reads the last block before any norm
+        self.encoder = VideoViTEncoder(**encoder_kwargs, final_norm=decoder_depth > 0)
         pe = self.encoder.patch_embed
         self.teacher_dim, self.views = teacher_dim, tuple(views) if teacher_dim else ()
         self.num_k, self.kd_T = num_k, kd_T
