@@ -85,7 +85,7 @@ class PretrainVisionTransformer(nn.Module):
         super().__init__()
         # the final norm feeds only the pixel decoder; without one it would get no gradient
         # (which DDP rejects) and the distillation reads the last block before any norm
-        self.encoder = VideoViTEncoder(**encoder_kwargs, final_norm=decoder_depth > 0)
+        self.encoder = VideoViTEncoder(**{"final_norm": decoder_depth > 0, **encoder_kwargs})
         pe = self.encoder.patch_embed
         self.teacher_dim, self.views = teacher_dim, tuple(views) if teacher_dim else ()
         self.num_k, self.kd_T = num_k, kd_T

@@ -44,10 +44,13 @@ class VideoClsDataset(Dataset):
         auto_augment (str | None), interpolation (str), reprob (float), remode (str),
         recount (int): train: RandAugment and random erasing, see ``FinetuneTrainTransform``.
         check_files (bool): check at construction that every video exists.
-        scale_on_decode (bool): videos larger than the crops need are scaled down while
-            decoding (short side ``transform.decode_short_side``: ``short_side_size`` for
-            evaluation, ``input_size / sqrt(0.08)`` for training); False = decode at full
-            size and resize in the transform (slower, for comparisons).
+        scale_on_decode (bool): validation/test: videos with a short side above
+            ``short_side_size`` are scaled to it while decoding (``transform.decode_short_side``;
+            training decodes at full size, see ``FinetuneTrainTransform``); False = decode at
+            full size and resize in the transform (slower, for comparisons).
+        reuse_decode (bool): test mode: the spatial crops of one temporal clip reuse one
+            decode when they are asked for one after another (as by a sequential sampler:
+            their indices are consecutive), instead of decoding it ``test_num_crop`` times.
     Items (``index``: the video's row in the annotation file, 0-based):
         train: ``{'video': float32 [3, T, H, W] (num_sample > 1: [num_sample, 3, T, H, W]),
         'label': int, 'index': int}``;
@@ -67,7 +70,7 @@ class VideoClsDataset(Dataset):
                  sampling_rate=4, sampling="dense", input_size=224, short_side_size=256,
                  test_num_segment=5, test_num_crop=3, num_sample=1, flip=True,
                  auto_augment=None, interpolation="bicubic", reprob=0.0, remode="pixel",
-                 recount=1, check_files=True, scale_on_decode=True):
+                 recount=1, check_files=True, scale_on_decode=True, reuse_decode=True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if sampling not in SAMPLINGS:
@@ -85,7 +88,8 @@ class VideoClsDataset(Dataset):
         else:
             self.transform = EvalTransform(short_side_size, input_size, self.num_crop)
         self.guard = CorruptedVideoGuard(len(self.samples))
-        self.scale_on_decode = scale_on_decode
+        self.scale_on_decode, self.reuse_decode = scale_on_decode, reuse_decode
+        self._last = None  # (video_index, segment, frames) of the last test decode, per worker
 
     def __len__(self):
         return len(self.samples) * self.num_segment * self.num_crop
@@ -107,15 +111,25 @@ class VideoClsDataset(Dataset):
         return dense_test_indices(num_video_frames, self.num_frames, self.sampling_rate,
                                   self.num_segment, segment)
 
+    def _load(self, video_index, segment, path, rng):
+        """Frames of one clip (train: one decode for all ``num_sample`` copies; test: one for
+        the ``num_crop`` crops of a temporal clip, see ``reuse_decode``)."""
+        reuse = self.reuse_decode and self.mode == "test" and self.num_crop > 1
+        if reuse and self._last is not None and self._last[:2] == (video_index, segment):
+            return self._last[2]
+        short = self.transform.decode_short_side if self.scale_on_decode else -1
+        frames = self.guard.load(video_index, path,
+                                 lambda n, fps: self.frame_indices(n, segment, rng),
+                                 short_side=short)
+        self._last = (video_index, segment, frames) if reuse and frames is not None else None
+        return frames
+
     def __getitem__(self, index):
         video_index, view = divmod(index, self.num_segment * self.num_crop)
         segment, crop = divmod(view, self.num_crop)
         path, label = self.samples[video_index]
         rng = item_rng(index) if self.mode == "train" else None
-        short = self.transform.decode_short_side if self.scale_on_decode else -1
-        frames = self.guard.load(video_index, path,
-                                 lambda n, fps: self.frame_indices(n, segment, rng),
-                                 short_side=short)  # train: one decode for all num_sample clips
+        frames = self._load(video_index, segment, path, rng)
         if frames is None:
             return None
         if self.mode == "train":

@@ -62,11 +62,11 @@ class VideoMAEPretrainDataset(Dataset):
         rng = item_rng(index)
         short = self.transform.decode_short_side if self.scale_on_decode else -1
         frames = self.guard.load(index, path, lambda n, fps: dense_sample_indices(
-            n, self.num_frames, self.sampling_rate, rng), short_side=short)  # one decode, num_sample clips
+            n, self.num_frames, self.sampling_rate, rng), short_side=short)
         if frames is None:
             return None
         videos, masks = [], []
-        for _ in range(self.num_sample):
+        for _ in range(self.num_sample):  # one decode, num_sample augmented clips
             videos.append(self.transform(frames, rng))  # [3, T, H, W]
             masks.append(torch.from_numpy(np.asarray(self.mask_generator(rng), dtype=bool)))
         if self.num_sample == 1:

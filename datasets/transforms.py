@@ -171,9 +171,11 @@ class FinetuneTrainTransform:
 
     @property
     def decode_short_side(self):
-        """``ceil(input_size / sqrt(min scale))`` (792 for 224 and scale 0.08): a square crop of
-        the smallest area is then still >= ``input_size`` pixels wide."""
-        return math.ceil(self.input_size / math.sqrt(self.scale[0]))
+        """-1: no scaling while decoding. Crops down to ``scale[0]`` (8 %) of the area need
+        a short side of ``input_size / sqrt(scale[0])`` (792 for 224) to stay at full detail,
+        and scaling 1080p frames to that measured no faster than converting them whole
+        (``benchmarks/bench_data.py``)."""
+        return -1
 
     def __call__(self, frames):
         clip = to_tchw(frames)  # [T, 3, H, W] uint8

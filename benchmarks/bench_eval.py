@@ -1,0 +1,121 @@
+"""Multi-view test throughput (views/s) of the fine-tuned classifier.
+
+A K400 test pass is ``#frame x #clip x #crop`` = 16x5x3 views per video, each a full
+clip of all ``N = 1568`` tokens (no masking), so attention is the costly part here. Two modes
+on the same view batches:
+
+- ``optimised``: fused SDPA attention, ``torch.inference_mode``, bf16 autocast on CUDA,
+  optionally ``--compile`` (every block);
+- ``baseline`` (the reference's evaluation): explicit ``softmax(q k^T) v`` attention,
+  ``torch.no_grad``, fp16 autocast on CUDA.
+
+On a CPU both run in float32.
+
+    python benchmarks/bench_eval.py --models S B --batch_size 32        # GPU, 16x224
+    python benchmarks/bench_eval.py --small --device cpu                # < 1 min
+"""
+import copy
+
+import common  # noqa: F401  (puts the repository on sys.path)
+import torch
+
+from common import (add_common_args, arg_parser, classifier_flops, device_description,
+                    device_peak_tflops, fast_init, fmt_bytes, mfu_text, setup, size_name, summary,
+                    sync, time_fn)
+from engine_for_pretraining import autocast_context
+from model_factory import create_classifier
+from modeling_encoder import compile_blocks, set_fused_attn
+
+
+def mode_fn(model, views, device, mode):
+    """The forward of one view batch in ``mode`` (switches the attention path first)."""
+    cuda = device.type == "cuda"
+    if mode == "optimised":
+        amp = None
+        if cuda:
+            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        grad_ctx, fused = torch.inference_mode, True
+    else:
+        amp, grad_ctx, fused = (torch.float16 if cuda else None), torch.no_grad, False
+
+    def fwd():
+        set_fused_attn(model, fused)
+        with grad_ctx(), autocast_context(device, amp):
+            return model(views).float().softmax(-1)
+    return fwd, amp
+
+
+def cuda_peak(device, fn):
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def main(argv=None):
+    p = add_common_args(arg_parser(__doc__.splitlines()[0]))
+    a = p.add_argument
+    a("--models", nargs="+", default=["S", "B"], help="classifier sizes")
+    a("--batch_size", type=int, default=None, help="views per forward (default 32; --small 2)")
+    a("--num_frames", type=int, default=None)
+    a("--input_size", type=int, default=None)
+    a("--num_classes", type=int, default=400)
+    a("--compile", action="store_true", help="torch.compile the blocks in the optimised mode")
+    a("--modes", nargs="+", default=["baseline", "optimised"], choices=["baseline", "optimised"])
+    args = p.parse_args(argv)
+    device = setup(args)
+    small = args.small
+    frames = args.num_frames or (8 if small else 16)
+    size = args.input_size or (112 if small else 224)
+    batch = args.batch_size or (2 if small else 32)
+    warmup = args.warmup if args.warmup is not None else (1 if small else 3)
+    iters = args.iters or (2 if small else 10)
+    n = (frames // 2) * (size // 16) ** 2
+    print(f"multi-view evaluation: {frames}x{size} views ({n} tokens), batches of {batch} views; "
+          f"device: {device_description(device)}; {warmup} warm-up + {iters} timed batches per "
+          f"mode, modes taking turns, fastest batch reported (median in brackets); memory: "
+          f"CUDA peak (n/a on CPU)")
+    g = torch.Generator().manual_seed(0)
+    views = torch.randn(batch, 3, frames, size, size, generator=g).to(device)
+    results = {}
+    for m in args.models:
+        with fast_init():
+            model = create_classifier(f"vit_{size_name(m)}_patch16_224",
+                                      num_classes=args.num_classes, img_size=size,
+                                      num_frames=frames)
+        model = model.to(device).eval()
+        flops = classifier_flops(m, frames, size, args.num_classes)
+        fns = {}
+        for mode in args.modes:
+            net = model
+            if mode == "optimised" and args.compile:
+                net = copy.deepcopy(model)
+                compile_blocks(net)
+            fns[mode] = mode_fn(net, views, device, mode)
+        times = {mode: [] for mode in args.modes}
+        for it in range(warmup + iters):  # modes take turns: load changes hit both alike
+            for mode in args.modes:
+                t = time_fn(fns[mode][0], device, 0, 1)[0]
+                if it >= warmup:
+                    times[mode].append(t)
+        for mode in args.modes:
+            fwd, amp = fns[mode]
+            med, best = summary(times[mode])
+            vps = batch / best
+            peak, src = device_peak_tflops(device, amp is not None, args.peak_tflops)
+            results[m, mode] = vps
+            print(f"ViT-{m} {mode:>9}: {vps:9.2f} views/s ({batch / med:.2f}) | "
+                  f"{best * 1e3:.1f} ms/batch | memory {fmt_bytes(cuda_peak(device, fwd))} | model "
+                  f"{mfu_text(flops * vps, peak)} [{src}] | {flops / 1e9:.1f} GFLOP/view")
+        if len(args.modes) == 2:
+            print(f"ViT-{m} ratio optimised/baseline: "
+                  f"{results[m, 'optimised'] / results[m, 'baseline']:.2f}x views/s")
+        del model
+    return results
+
+
+if __name__ == "__main__":
+    main()
