@@ -80,6 +80,14 @@ def init_distributed_mode(args):
         builtins.print = lambda *a, **k: None
 
 
+def shutdown():
+    """Leave the process group at the end of a run: every rank waits for the others, then
+    the group is destroyed (without it gloo's threads can abort the interpreter at exit)."""
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_dist():
     return dist.is_available() and dist.is_initialized()
 

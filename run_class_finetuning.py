@@ -426,6 +426,7 @@ def main(args):
     else:
         eval_kwargs = train(args, model, loaders, device, amp_dtype, scaler)
     run_test(args, model, loaders, device, **eval_kwargs)
+    du.shutdown()
 
 
 if __name__ == "__main__":

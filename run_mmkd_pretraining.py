@@ -300,6 +300,7 @@ def main(args):
                          **{f"train_{k}": v for k, v in stats.items()}})
     logger.close()
     print(f"training time {time.time() - start:.1f}s")
+    du.shutdown()
 
 
 if __name__ == "__main__":
