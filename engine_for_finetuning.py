@@ -27,9 +27,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distributed import all_reduce_mean, all_reduce_sum, every_rank, get_rank, is_main_process
+from distributed import all_reduce_sum, every_rank, get_rank, is_main_process
 from engine_for_pretraining import NonFiniteLossError, autocast_context, optimizer_update
-from logger import Averager
+from logger import Averager, epoch_summary
 
 __all__ = ["DeepSpeedStep", "NonFiniteLossError", "TorchStep", "average_views", "evaluate",
            "flatten_repeated", "mix_clips", "multiview_metrics", "multiview_test", "score_views",
@@ -217,10 +217,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
                             refresh=False)
         t_end = time.perf_counter()
     bar.close()
-    stats = all_reduce_mean(avg.means(), device)
-    stats["skipped_videos"] = int(all_reduce_sum(skipped, device))
-    stats["clips"] = int(all_reduce_sum(seen, device))
-    return stats
+    return epoch_summary(avg, skipped, seen, device)
 
 
 # ---------------------------------------------------------------------------------------------

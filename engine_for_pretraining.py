@@ -11,8 +11,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from distributed import all_reduce_mean, all_reduce_sum, every_rank, is_main_process
-from logger import Averager
+from distributed import every_rank, is_main_process
+from logger import Averager, epoch_summary
 from losses import mmkd_loss, pixel_targets
 
 
@@ -158,8 +158,5 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                                      if k not in ("step_time",)), refresh=False)
         t_end = time.perf_counter()
     bar.close()
-    stats = all_reduce_mean(avg.means(), device)
-    stats["skipped_videos"] = int(all_reduce_sum(skipped, device))
-    stats["clips"] = int(all_reduce_sum(seen, device))
-    return stats
+    return epoch_summary(avg, skipped, seen, device)
 

@@ -4,7 +4,7 @@ import json
 import os
 from collections import defaultdict
 
-from distributed import is_main_process
+from distributed import all_reduce_mean, all_reduce_sum, is_main_process
 
 
 class RunLogger:
@@ -51,3 +51,13 @@ class Averager:
 
     def means(self):
         return {k: self.sum[k] / self.count[k] for k in self.sum if self.count[k]}
+
+
+def epoch_summary(avg, skipped, seen, device="cpu"):
+    """An epoch's metrics over all processes: the means of ``avg`` (an :class:`Averager`)
+    averaged across ranks, plus the summed counts of skipped (corrupted) videos and of clips
+    trained on."""
+    stats = all_reduce_mean(avg.means(), device)
+    stats["skipped_videos"] = int(all_reduce_sum(skipped, device))
+    stats["clips"] = int(all_reduce_sum(seen, device))
+    return stats
