@@ -144,7 +144,7 @@ class SavedTensorBytes:
             st = t.untyped_storage()
             if st.data_ptr() not in self.skip:
                 self.storages[st.data_ptr()] = st.nbytes()
-        except (RuntimeError, NotImplementedError):
+        except RuntimeError:  # tensors without a storage (incl. NotImplementedError) are not counted
             pass
         return t
 
