@@ -27,8 +27,6 @@ import numpy as np
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import CosineLRScheduler
 
 import distributed as du
 from checkpoint import (latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint,
@@ -41,8 +39,8 @@ from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep,
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, create_classifier
 from modeling_encoder import compile_blocks
-from run_mmkd_pretraining import amp_setup
-from run_mmkd_pretraining import optimizer_kwargs as fused_kwargs
+from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
+                           scale_lrs)
 
 
 def get_args_parser():
@@ -64,25 +62,9 @@ def get_args_parser():
     a("--drop_path", type=float, default=0.1)
     a("--fc_drop_rate", type=float, default=0.0, help="dropout before the head")
     a("--use_checkpoint", action="store_true", help="activation checkpointing of the blocks")
-    # optimisation
-    a("--opt", default="adamw", help="timm optimizer name")
-    a("--opt_eps", type=float, default=1e-8)
-    a("--opt_betas", type=float, nargs=2, default=None, help="default: the optimizer's")
-    a("--momentum", type=float, default=0.9)
-    a("--clip_grad", type=float, default=None, help="max grad norm (None = no clipping)")
-    a("--weight_decay", type=float, default=0.05)
+    # optimisation (VideoMAE fine-tuning defaults)
+    add_optim_args(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
     a("--layer_decay", type=float, default=0.75, help="layer-wise lr decay (1 = none)")
-    a("--lr", type=float, default=1e-3, help="lr per 256 clips (scaled by total batch / 256)")
-    a("--warmup_lr", type=float, default=1e-6, help="warm-up start lr per 256 clips")
-    a("--min_lr", type=float, default=1e-6, help="final lr per 256 clips")
-    a("--warmup_epochs", type=int, default=5)
-    a("--warmup_steps", type=int, default=-1, help="warm-up updates (overrides --warmup_epochs)")
-    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
-      help="autocast on CUDA: auto = bf16 where supported, else fp16")
-    a("--compile", action=argparse.BooleanOptionalAction, default=False,
-      help="torch.compile every transformer block (state-dict keys unchanged)")
-    a("--fused_opt", action=argparse.BooleanOptionalAction, default=True,
-      help="fused (single-kernel) AdamW/Adam on CUDA; ignored on CPU and for other --opt")
     # augmentation and regularisation
     a("--smoothing", type=float, default=0.1, help="label smoothing")
     a("--mixup", type=float, default=0.8, help="mixup alpha (0 = off)")
@@ -128,11 +110,7 @@ def resolve_args(args, model):
     if args.test_num_segment < 1 or args.num_sample < 1:
         raise ValueError("--test_num_segment and --num_sample must be >= 1")
     args.token_grid = list(model.patch_embed.grid_size)
-    args.world_size = du.get_world_size()
-    args.total_batch_size = args.batch_size * args.world_size * args.update_freq
-    scale = args.total_batch_size / 256
-    args.lr_scaled, args.min_lr_scaled, args.warmup_lr_scaled = (
-        args.lr * scale, args.min_lr * scale, args.warmup_lr * scale)
+    scale_lrs(args)
     args.mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     if args.mixup_active and not args.eval and args.batch_size * args.num_sample % 2:
         raise ValueError(f"Mixup/CutMix pairs clips: --batch_size {args.batch_size} x "
@@ -195,16 +173,8 @@ def build_loader(args, mode):
 def build_training(args, model, steps_per_epoch):
     """Optimizer (timm, layer-wise lr decay), per-update cosine schedule with warm-up, Mixup
     and the loss. Returns ``(optimizer, lr_scheduler, mixup_fn, criterion, warmup)``."""
-    opt_kwargs = dict(optimizer_kwargs(args), lr=args.lr_scaled, **fused_kwargs(args))
-    opt_kwargs["layer_decay"] = args.layer_decay if args.layer_decay < 1.0 else None
-    optimizer = create_optimizer_v2(model, **opt_kwargs)
-    total = steps_per_epoch * args.epochs
-    warmup = args.warmup_steps if args.warmup_steps >= 0 else args.warmup_epochs * steps_per_epoch
-    warmup = min(warmup, total - 1)
-    lr_scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup),
-                                     lr_min=args.min_lr_scaled, warmup_t=warmup,
-                                     warmup_lr_init=args.warmup_lr_scaled, warmup_prefix=True,
-                                     t_in_epochs=False)
+    optimizer = build_optimizer(model, args, layer_decay=args.layer_decay)
+    lr_scheduler, warmup, _ = build_lr_scheduler(optimizer, args, steps_per_epoch)
     mixup_fn = None
     if args.mixup_active:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,

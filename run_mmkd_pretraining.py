@@ -17,8 +17,6 @@ import time
 import numpy as np
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 
 import distributed as du
 from checkpoint import latest_checkpoint, load_checkpoint, load_teacher, save_checkpoint
@@ -28,6 +26,8 @@ from logger import RunLogger
 from losses import DISTILL_VIEWS, LossWeights
 from masking_generator import MASK_GENERATORS, build_masking_generator
 from model_factory import PRETRAIN_MODELS, create_student, create_teacher
+from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
+                           scale_lrs)
 
 
 def get_args_parser(teacher=True):
@@ -69,27 +69,10 @@ def get_args_parser(teacher=True):
         a("--kd_T", type=float, default=1.0, help="attention softmax temperature")
         a("--temperature_s", type=float, default=0.1, help="MM-relation student temperature")
         a("--temperature_t", type=float, default=0.05, help="MM-relation teacher temperature")
-    # optimisation
-    a("--opt", default="adamw", help="timm optimizer name")
-    a("--opt_eps", type=float, default=1e-8)
-    a("--opt_betas", type=float, nargs=2, default=[0.9, 0.95])
-    a("--momentum", type=float, default=0.9)
-    a("--clip_grad", type=float, default=None, help="max grad norm (None = no clipping)")
-    a("--weight_decay", type=float, default=0.05)
+    # optimisation (VideoMAE / MMKD pre-training defaults)
+    add_optim_args(p, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, opt_betas=[0.9, 0.95])
     a("--weight_decay_end", type=float, default=None, help="final wd of the cosine schedule "
       "(default: --weight_decay, i.e. constant)")
-    a("--lr", type=float, default=1.5e-4, help="base lr per 256 clips (scaled by total batch / 256)")
-    a("--warmup_lr", type=float, default=1e-6, help="warm-up start lr per 256 clips")
-    a("--min_lr", type=float, default=1e-5, help="final lr per 256 clips")
-    a("--warmup_epochs", type=int, default=40)
-    a("--warmup_steps", type=int, default=-1, help="warm-up updates (overrides --warmup_epochs)")
-    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
-      help="autocast on CUDA: auto = bf16 where supported, else fp16")
-    a("--compile", action=argparse.BooleanOptionalAction, default=False,
-      help="torch.compile every transformer block of the student and the teacher "
-           "(state-dict keys unchanged); the first steps are slow while it compiles")
-    a("--fused_opt", action=argparse.BooleanOptionalAction, default=True,
-      help="fused (single-kernel) AdamW/Adam on CUDA; ignored on CPU and for other --opt")
     # data
     a("--data_path", required=True, help="annotation file, one 'path label' per line")
     a("--data_root", default="", help="prefix for relative video paths")
@@ -129,11 +112,7 @@ def resolve_args(args, student, teacher):
         if views and args.num_k > limit:
             raise ValueError(f"--num_k {args.num_k} is larger than the {limit} visible keys "
                              f"{'per temporal slice' if 'local' in views else 'per clip'}")
-    args.world_size = du.get_world_size()
-    args.total_batch_size = args.batch_size * args.world_size * args.update_freq
-    scale = args.total_batch_size / 256
-    args.lr_scaled, args.min_lr_scaled, args.warmup_lr_scaled = (
-        args.lr * scale, args.min_lr * scale, args.warmup_lr * scale)
+    scale_lrs(args)
     if args.weight_decay_end is None:
         args.weight_decay_end = args.weight_decay
     return gen
@@ -154,22 +133,6 @@ def build_models(args):
                              drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint,
                              **geometry)
     return student, teacher
-
-
-def optimizer_kwargs(args):
-    """Extra ``create_optimizer_v2`` arguments: ``fused=True`` for AdamW/Adam on CUDA
-    (``--fused_opt``), which steps all parameters in one kernel per group."""
-    fused = (getattr(args, "fused_opt", False) and torch.device(args.device).type == "cuda"
-             and args.opt.lower() in ("adamw", "adam"))
-    return {"fused": True} if fused else {}
-
-
-def amp_setup(args):
-    """``(autocast dtype or None, GradScaler or None)`` for ``--amp`` on this device."""
-    if torch.device(args.device).type != "cuda" or args.amp == "none":
-        return None, None
-    bf16 = args.amp == "bf16" or (args.amp == "auto" and torch.cuda.is_bf16_supported())
-    return (torch.bfloat16, None) if bf16 else (torch.float16, torch.amp.GradScaler("cuda"))
 
 
 def setup(args):
@@ -222,17 +185,8 @@ def main(args):
         student = torch.nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = len(loader) // args.update_freq
-    total = steps_per_epoch * args.epochs
-    warmup = args.warmup_steps if args.warmup_steps >= 0 else args.warmup_epochs * steps_per_epoch
-    warmup = min(warmup, total - 1)
-    optimizer = create_optimizer_v2(raw, opt=args.opt, lr=args.lr_scaled,
-                                    weight_decay=args.weight_decay, eps=args.opt_eps,
-                                    betas=tuple(args.opt_betas), momentum=args.momentum,
-                                    **optimizer_kwargs(args))
-    lr_scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup),
-                                     lr_min=args.min_lr_scaled, warmup_t=warmup,
-                                     warmup_lr_init=args.warmup_lr_scaled, warmup_prefix=True,
-                                     t_in_epochs=False)
+    optimizer = build_optimizer(raw, args)
+    lr_scheduler, warmup, total = build_lr_scheduler(optimizer, args, steps_per_epoch)
     amp_dtype, scaler = amp_setup(args)
     n_params = sum(p.numel() for p in raw.parameters() if p.requires_grad)
     print(f"student {args.model}: {n_params / 1e6:.2f}M trainable parameters, token grid "

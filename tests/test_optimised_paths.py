@@ -191,8 +191,8 @@ def test_forward_losses_equals_the_inline_composition(models):
 
 def test_fused_adamw_matches_foreach():
     """timm passes ``fused=True`` through; the fused kernel takes the same step (on CPU here;
-    ``run_mmkd_pretraining.optimizer_kwargs`` asks for it on CUDA only)."""
-    import run_mmkd_pretraining as rmp
+    ``optim_factory.fused_kwargs`` asks for it on CUDA only)."""
+    from optim_factory import fused_kwargs
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3))
     b = copy.deepcopy(a)
@@ -208,11 +208,11 @@ def test_fused_adamw_matches_foreach():
     for p, q in zip(a.parameters(), b.parameters()):
         tol(p, q, atol=1e-6, rtol=1e-5)
     args = SimpleNamespace(fused_opt=True, device="cpu", opt="adamw")
-    assert rmp.optimizer_kwargs(args) == {}
+    assert fused_kwargs(args) == {}
     args.device = "cuda"
-    assert rmp.optimizer_kwargs(args) == {"fused": True}
+    assert fused_kwargs(args) == {"fused": True}
     args.opt = "sgd"
-    assert rmp.optimizer_kwargs(args) == {}
+    assert fused_kwargs(args) == {}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 teacher under autocast needs CUDA")

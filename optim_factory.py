@@ -1,0 +1,86 @@
+"""Optimisation set-up shared by pre-training and fine-tuning: the flags, the lr scaled by
+the effective batch, the timm optimizer (layer decay, fused AdamW on CUDA), the per-update
+warm-up + cosine schedule, and the autocast / loss-scaler choice.
+
+The lr rule is VideoMAE's: ``--lr``, ``--min_lr`` and ``--warmup_lr`` are per 256 clips and
+scale linearly with ``batch_size x processes x update_freq`` (Goyal et al. 2017).
+"""
+import argparse
+
+import torch
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import CosineLRScheduler
+
+import distributed as du
+
+
+def add_optim_args(parser, *, lr, min_lr, warmup_epochs, opt_betas=None):
+    """The optimisation flags, with the defaults that differ between the scripts."""
+    a = parser.add_argument
+    a("--opt", default="adamw", help="timm optimizer name")
+    a("--opt_eps", type=float, default=1e-8)
+    a("--opt_betas", type=float, nargs=2, default=opt_betas, help="default: the optimizer's")
+    a("--momentum", type=float, default=0.9)
+    a("--clip_grad", type=float, default=None, help="max grad norm (None = no clipping)")
+    a("--weight_decay", type=float, default=0.05)
+    a("--lr", type=float, default=lr, help="lr per 256 clips (scaled by total batch / 256)")
+    a("--warmup_lr", type=float, default=1e-6, help="warm-up start lr per 256 clips")
+    a("--min_lr", type=float, default=min_lr, help="final lr per 256 clips")
+    a("--warmup_epochs", type=int, default=warmup_epochs)
+    a("--warmup_steps", type=int, default=-1, help="warm-up updates (overrides --warmup_epochs)")
+    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
+      help="autocast on CUDA: auto = bf16 where supported, else fp16")
+    a("--compile", action=argparse.BooleanOptionalAction, default=False,
+      help="torch.compile every transformer block (state-dict keys unchanged); the first "
+           "steps are slow while it compiles")
+    a("--fused_opt", action=argparse.BooleanOptionalAction, default=True,
+      help="fused (single-kernel) AdamW/Adam on CUDA; ignored on CPU and for other --opt")
+
+
+def scale_lrs(args):
+    """Set ``args.world_size``, ``args.total_batch_size`` (per process x processes x
+    accumulation) and ``args.{lr,min_lr,warmup_lr}_scaled`` (x total batch / 256)."""
+    args.world_size = du.get_world_size()
+    args.total_batch_size = args.batch_size * args.world_size * args.update_freq
+    scale = args.total_batch_size / 256
+    args.lr_scaled, args.min_lr_scaled, args.warmup_lr_scaled = (
+        args.lr * scale, args.min_lr * scale, args.warmup_lr * scale)
+
+
+def fused_kwargs(args):
+    """``{"fused": True}`` for AdamW/Adam on CUDA with ``--fused_opt`` (one kernel per
+    parameter group), else ``{}``."""
+    fused = (getattr(args, "fused_opt", False) and torch.device(args.device).type == "cuda"
+             and args.opt.lower() in ("adamw", "adam"))
+    return {"fused": True} if fused else {}
+
+
+def build_optimizer(model, args, layer_decay=None):
+    """timm optimizer over ``model``'s trainable parameters at ``args.lr_scaled``, no weight
+    decay on biases, norms and ``model.no_weight_decay()``, optional layer-wise lr decay
+    (``layer_decay < 1``), and ``fused=True`` for AdamW/Adam on CUDA (``--fused_opt``)."""
+    kwargs = dict(optimizer_kwargs(args), lr=args.lr_scaled, **fused_kwargs(args))
+    kwargs["layer_decay"] = layer_decay if layer_decay is not None and layer_decay < 1.0 else None
+    return create_optimizer_v2(model, **kwargs)
+
+
+def build_lr_scheduler(optimizer, args, steps_per_epoch):
+    """Per-update schedule: linear warm-up from ``warmup_lr`` over ``--warmup_steps`` (or
+    ``--warmup_epochs``) updates, then cosine to ``min_lr`` at the last update.
+    Returns ``(timm CosineLRScheduler, warm-up updates, total updates)``."""
+    total = steps_per_epoch * args.epochs
+    warmup = args.warmup_steps if args.warmup_steps >= 0 else args.warmup_epochs * steps_per_epoch
+    warmup = min(warmup, total - 1)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup),
+                                  lr_min=args.min_lr_scaled, warmup_t=warmup,
+                                  warmup_lr_init=args.warmup_lr_scaled, warmup_prefix=True,
+                                  t_in_epochs=False)
+    return scheduler, warmup, total
+
+
+def amp_setup(args):
+    """``(autocast dtype or None, GradScaler or None)`` for ``--amp`` on this device."""
+    if torch.device(args.device).type != "cuda" or args.amp == "none":
+        return None, None
+    bf16 = args.amp == "bf16" or (args.amp == "auto" and torch.cuda.is_bf16_supported())
+    return (torch.bfloat16, None) if bf16 else (torch.float16, torch.amp.GradScaler("cuda"))
