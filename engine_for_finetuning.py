@@ -15,7 +15,6 @@ the protocol MMKD Sec. 4.1 and MVD use unchanged).
 Accuracies are percentages. Top-5 means top-``min(5, C)`` when the head has ``C < 5`` classes
 (so it is 100 for ``C <= 5``); the summary records the ``k`` used.
 """
-import contextlib
 import csv
 import json
 import math
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from distributed import all_reduce_sum, every_rank, get_rank, is_main_process
-from engine_for_pretraining import NonFiniteLossError, autocast_context, optimizer_update
+from engine_for_pretraining import NonFiniteLossError, autocast_context, backward_step
 from logger import Averager, epoch_summary
 
 __all__ = ["DeepSpeedStep", "NonFiniteLossError", "TorchStep", "average_views", "evaluate",
@@ -81,7 +80,7 @@ def mix_clips(mixup_fn, videos, labels):
 class TorchStep:
     """One micro-batch in plain PyTorch: forward and loss under autocast, backward of
     ``loss / update_freq`` (DDP ``no_sync`` while accumulating) and, on the last micro-batch of
-    an update, unscale (fp16), clip, step and zero (:func:`optimizer_update`).
+    an update, unscale (fp16), clip, step and zero (``engine_for_pretraining.backward_step``).
 
     Args:
         model: the (possibly DDP-wrapped) classifier; optimizer: its optimizer.
@@ -105,14 +104,9 @@ class TorchStep:
 
     def __call__(self, loss, boundary):
         """Backward (and the update at a boundary); returns the gradient norm or None."""
-        no_sync = not boundary and hasattr(self.model, "no_sync")  # DDP: reduce on the last one
-        with self.model.no_sync() if no_sync else contextlib.nullcontext():
-            scaled = loss / self.update_freq
-            (self.loss_scaler.scale(scaled) if self.loss_scaler else scaled).backward()
-        if boundary:
-            raw = getattr(self.model, "module", self.model)
-            return float(optimizer_update(raw, self.optimizer, self.loss_scaler, self.clip_grad))
-        return None
+        return backward_step(self.model, self.optimizer, loss, boundary,
+                             update_freq=self.update_freq, loss_scaler=self.loss_scaler,
+                             clip_grad=self.clip_grad)
 
 
 class DeepSpeedStep:
@@ -177,20 +171,22 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
     for i, batch in enumerate(bar):
         if i >= num_batches:
             break
-        t_data = time.perf_counter() - t_end
+        t_start = time.perf_counter()
+        t_data = t_start - t_end
         skipped += int(batch.get("num_skipped", 0))
         update = epoch * steps_per_epoch + i // update_freq
-        if not every_rank("video" in batch, device):  # a batch of only corrupted clips
+        videos = None
+        if "video" in batch:
+            videos, labels = flatten_repeated(batch["video"].to(device, non_blocking=True),
+                                              batch["label"].to(device, non_blocking=True))
+            targets = labels
+            if mixup_fn is not None:  # may drop an odd last clip, leaving none
+                videos, targets = mix_clips(mixup_fn, videos, labels)
+        # every rank skips together when one has no clip left (only corrupted ones, or one
+        # clip dropped by Mixup), so none waits alone in DDP's gradient all-reduce
+        if not every_rank(videos is not None and videos.shape[0] > 0, device):
             t_end = time.perf_counter()
             continue
-        videos, labels = flatten_repeated(batch["video"].to(device, non_blocking=True),
-                                          batch["label"].to(device, non_blocking=True))
-        targets = labels
-        if mixup_fn is not None:
-            videos, targets = mix_clips(mixup_fn, videos, labels)
-            if videos.shape[0] == 0:
-                t_end = time.perf_counter()
-                continue
         loss = step.loss(criterion, videos, targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -205,11 +201,11 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
             step_metrics["grad_norm"] = grad_norm
         if torch.device(device).type == "cuda":  # honest step times
             torch.cuda.synchronize()
-        t_step = time.perf_counter() - t_end
+        t_step = time.perf_counter() - t_start  # compute only; data_time is the loader's share
         n = videos.shape[0]
         seen += n
         step_metrics.update(lr=max(g["lr"] for g in optimizer.param_groups),
-                            clips_per_s=n / t_step, data_time=t_data, step_time=t_step)
+                            clips_per_s=n / (t_data + t_step), data_time=t_data, step_time=t_step)
         avg.update(step_metrics, n)
         if logger is not None and boundary:
             logger.scalars(step_metrics, update, "train")

@@ -64,6 +64,28 @@ def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype
         return mmkd_loss(s_out, t_out, weights, target, temperature_s, temperature_t, num_f)
 
 
+def backward_step(model, optimizer, loss, boundary, *, update_freq=1, loss_scaler=None,
+                  clip_grad=None):
+    """Backward of ``loss / update_freq`` (DDP ``no_sync`` until the last micro-batch of an
+    update) and, at an update ``boundary``, :func:`optimizer_update`. Returns the gradient
+    norm at a boundary, else None."""
+    no_sync = not boundary and hasattr(model, "no_sync")
+    with model.no_sync() if no_sync else contextlib.nullcontext():
+        scaled = loss / update_freq
+        (loss_scaler.scale(scaled) if loss_scaler else scaled).backward()
+    if not boundary:
+        return None
+    return float(optimizer_update(getattr(model, "module", model), optimizer, loss_scaler,
+                                  clip_grad))
+
+
+def host_values(loss, terms):
+    """``(loss, {name: value})`` as Python floats with one device-to-host copy per step."""
+    vals = torch.stack([loss.detach().float(), *(t.detach().float() for t in terms.values())])
+    vals = vals.tolist()
+    return vals[0], dict(zip(terms, vals[1:]))
+
+
 def optimizer_update(model, optimizer, loss_scaler=None, clip_grad=None):
     """Unscale (fp16), clip, step and zero the gradients of ``model``'s trainable
     parameters; returns the gradient norm before clipping."""
@@ -84,7 +106,7 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                     lr_scheduler, wd_schedule, steps_per_epoch, loss_scaler=None,
                     amp_dtype=None, clip_grad=None, update_freq=1, num_k=10, num_f=10, kd_T=1.0,
                     temperature_s=0.1, temperature_t=0.05, normalize_target=True,
-                    mean=None, std=None, logger=None, print_freq=10):
+                    mean=None, std=None, logger=None):
     """Train ``student`` for one epoch; returns the epoch's mean metrics.
 
     Args:
@@ -101,7 +123,6 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
         NonFiniteLossError: naming the step and the term that is not finite.
     """
     student.train()
-    raw = getattr(student, "module", student)
     avg, skipped, seen = Averager(), 0, 0
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(data_loader, desc=f"epoch {epoch}", disable=not is_main_process(),
@@ -128,31 +149,26 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                                      kd_T=kd_T, temperature_s=temperature_s,
                                      temperature_t=temperature_t,
                                      normalize_target=normalize_target, mean=mean, std=std)
-        values = {k: v.item() for k, v in terms.items()}
+        loss_value, values = host_values(loss, terms)
         for k, v in values.items():
             if not math.isfinite(v):
                 raise NonFiniteLossError(f"loss term '{k}' is {v} at epoch {epoch}, step {i} "
                                          f"(global update {update}); stopping without a step")
-        accumulate = (i + 1) % update_freq != 0
-        sync = student.no_sync() if accumulate and hasattr(student, "no_sync") else contextlib.nullcontext()
-        with sync:
-            scaled = loss / update_freq
-            (loss_scaler.scale(scaled) if loss_scaler else scaled).backward()
-        grad_norm = None
-        if not accumulate:
-            grad_norm = optimizer_update(raw, optimizer, loss_scaler, clip_grad)
+        boundary = (i + 1) % update_freq == 0
+        grad_norm = backward_step(student, optimizer, loss, boundary, update_freq=update_freq,
+                                  loss_scaler=loss_scaler, clip_grad=clip_grad)
         if torch.device(device).type == "cuda":  # honest step times
             torch.cuda.synchronize()
         t_step = time.perf_counter() - t_start  # compute only; data_time is the loader's share
         n = videos.shape[0]
         seen += n
         lr = max(g["lr"] for g in optimizer.param_groups)
-        step_metrics = dict(loss=loss.item(), **values, lr=lr, clips_per_s=n / (t_data + t_step),
+        step_metrics = dict(loss=loss_value, **values, lr=lr, clips_per_s=n / (t_data + t_step),
                             data_time=t_data, step_time=t_step)
         if grad_norm is not None:
-            step_metrics["grad_norm"] = float(grad_norm)
+            step_metrics["grad_norm"] = grad_norm
         avg.update(step_metrics, n)
-        if logger is not None and not accumulate:
+        if logger is not None and boundary:
             logger.scalars(step_metrics, update, "train")
         bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in step_metrics.items()
                                      if k not in ("step_time",)), refresh=False)

@@ -144,7 +144,7 @@ class SavedTensorBytes:
             st = t.untyped_storage()
             if st.data_ptr() not in self.skip:
                 self.storages[st.data_ptr()] = st.nbytes()
-        except RuntimeError:  # tensors without a storage (incl. NotImplementedError) are not counted
+        except RuntimeError:  # a tensor without a plain storage is not counted
             pass
         return t
 
