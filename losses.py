@@ -27,7 +27,7 @@ DISTILL_VIEWS = {  # --distill -> attention views of MM-hidden (hint and relatio
 }
 
 
-TOPK_IMPLS = ("scatter", "dense", "gather")
+TOPK_IMPLS = ("scatter", "dense")
 # What ``impl=None`` means in the top-k attention functions (the student and the teacher call
 # them without ``impl``); benchmarks set "dense" to time the reference computation.
 DEFAULT_TOPK_IMPL = "scatter"
@@ -78,23 +78,14 @@ def topk_attention_global(logits, v, num_k, kd_T=1.0, impl=None):
         kd_T: softmax temperature (``--kd_T``).
         impl: ``None`` = ``DEFAULT_TOPK_IMPL``: ``'scatter'`` (top-k on the logits, softmax
             over the ``k`` values, scattered into one ``[N, N]`` matrix times ``V``),
-            ``'dense'`` (the reference's masked full softmax) or ``'gather'``
-            (``O = sum_k p_k V[idx_k]``, which holds
-            ``[B, h, N, k, hd]`` gathered values: smaller than ``N x N`` only when
-            ``k * hd < N``). All three are equal up to float rounding;
-            ``benchmarks/bench_topk.py`` compares their time and memory.
+            or ``'dense'`` (the reference's masked full softmax). Both are equal up to float
+            rounding; ``benchmarks/bench_topk.py`` compares their time and memory.
     Returns:
         ``[B, N, h * hd]``, heads merged.
     """
     impl = _check_impl(impl)
     logits, v = logits.float(), v.float()
-    if impl == "gather":
-        p, idx = _topk_weights(logits, num_k, kd_T)  # [B, h, N, k]
-        b, h, n, hd = v.shape
-        vg = v.gather(2, idx.reshape(b, h, n * num_k, 1).expand(-1, -1, -1, hd))
-        out = (p.unsqueeze(-1) * vg.reshape(b, h, n, num_k, hd)).sum(-2)  # [B, h, N, hd]
-    else:
-        out = _topk_probs(logits, num_k, kd_T, impl) @ v  # [B, h, N, hd]
+    out = _topk_probs(logits, num_k, kd_T, impl) @ v  # [B, h, N, hd]
     return rearrange(out, "b h n d -> b n (h d)")
 
 
@@ -120,16 +111,8 @@ def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0, impl=None):
     impl = _check_impl(impl)
     logits = rearrange(logits.float(), "b h q (s n) -> b h q s n", s=num_slices)
     vs = rearrange(v.float(), "b h (s n) d -> b h s n d", s=num_slices)
-    if impl == "gather":
-        p, idx = _topk_weights(logits, num_k, kd_T)  # [B, h, N, S, k]
-        b, h, q, s, _ = idx.shape
-        hd = vs.shape[-1]
-        flat = idx.permute(0, 1, 3, 2, 4).reshape(b, h, s, q * num_k, 1)  # [B, h, S, N k, 1]
-        vg = vs.gather(3, flat.expand(-1, -1, -1, -1, hd)).reshape(b, h, s, q, num_k, hd)
-        out = torch.einsum("bhqsk,bhsqkd->bqshd", p, vg)
-    else:
-        p = _topk_probs(logits, num_k, kd_T, impl)  # [B, h, N, S, n]
-        out = torch.einsum("bhqsn,bhsnd->bqshd", p, vs)
+    p = _topk_probs(logits, num_k, kd_T, impl)  # [B, h, N, S, n]
+    out = torch.einsum("bhqsn,bhsnd->bqshd", p, vs)
     return rearrange(out, "b q s h d -> b q s (h d)")
 
 

@@ -3,8 +3,9 @@
 For the last block's logits ``[B, h, n, n]`` and values ``[B, h, n, hd]`` this times the
 global and the local view, forward and backward (as in the student), with each ``impl``:
 ``dense`` (the reference: keep-mask, masked full softmax), ``scatter`` (top-k on the logits,
-softmax over the k values, one scattered matrix; the default) and ``gather``
-(``sum_k p_k V[idx_k]``), and checks they agree.
+softmax over the k values, one scattered matrix; the default), and checks they agree.
+(A third, ``sum_k p_k V[idx_k]`` over gathered values, was slower and larger at these token
+counts and was removed.)
 
     python benchmarks/bench_topk.py                     # 16x224, mask 0.9, ViT-S and ViT-B heads
     python benchmarks/bench_topk.py --small --device cpu
