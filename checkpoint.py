@@ -434,14 +434,16 @@ def load_teacher(teacher, path):
 
 
 def latest_checkpoint(output_dir):
-    """Path of the newest ``checkpoint-*.pth`` in ``output_dir`` (``checkpoint-last.pth``
-    first), or None."""
-    last = os.path.join(output_dir, "checkpoint-last.pth")
-    if os.path.isfile(last):
-        return last
+    """The newest checkpoint in ``output_dir``: the ``checkpoint-<epoch>.pth`` of the highest
+    epoch, else ``output_dir`` itself when DeepSpeed saved there (its ``latest`` tag file);
+    None when there is neither or ``output_dir`` is empty."""
+    if not output_dir:
+        return None
     found = []
     for p in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
         m = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(p))
         if m:
             found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
+    if found:
+        return max(found)[1]
+    return output_dir if os.path.isfile(os.path.join(output_dir, "latest")) else None

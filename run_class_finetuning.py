@@ -217,22 +217,13 @@ def setup(args):
     return model, loaders
 
 
-def _latest(output_dir):
-    """The newest checkpoint of ``output_dir``: a ``checkpoint-*.pth``, else the directory
-    itself when DeepSpeed saved there (its ``latest`` tag); None when there is neither."""
-    if not output_dir:
-        return None
-    ds = os.path.isfile(os.path.join(output_dir, "latest"))
-    return latest_checkpoint(output_dir) or (output_dir if ds else None)
-
-
 def _resume(args, model, optimizer=None, scaler=None):
     """Load ``--resume`` or (``--auto_resume``) the newest checkpoint of ``--output_dir``
     (ours or a DeepSpeed one); sets ``args.start_epoch``. Returns the path, or None.
 
     Raises:
         ValueError: the checkpoint cannot be loaded or does not fit the model."""
-    path = args.resume or (_latest(args.output_dir) if args.auto_resume else None)
+    path = args.resume or (latest_checkpoint(args.output_dir) if args.auto_resume else None)
     if not path:
         return None
     ckpt = load_checkpoint(path)
@@ -353,7 +344,7 @@ def train(args, model, loaders, device, amp_dtype, scaler):
                                     mixup_fn=mixup_fn, update_freq=args.update_freq,
                                     logger=logger, step=step)
         except NonFiniteLossError as e:
-            last = _latest(args.output_dir)
+            last = latest_checkpoint(args.output_dir)
             sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")
         print(f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f} | lr "
               f"{stats.get('lr', 0):.3e} | {stats.get('clips_per_s', 0):.2f} clips/s | skipped "

@@ -206,7 +206,7 @@ def main(args):
                                     use_teacher=args.use_teacher)
     print(f"loss weights: {weights}")
 
-    resume = args.resume or (latest_checkpoint(args.output_dir) if args.auto_resume and args.output_dir else None)
+    resume = args.resume or (latest_checkpoint(args.output_dir) if args.auto_resume else None)
     if resume:
         ckpt = load_checkpoint(resume)
         raw.load_state_dict(ckpt["model"])
@@ -237,7 +237,7 @@ def main(args):
                 normalize_target=args.normlize_target, mean=IMAGENET_DEFAULT_MEAN,
                 std=IMAGENET_DEFAULT_STD, logger=logger)
         except NonFiniteLossError as e:
-            last = latest_checkpoint(args.output_dir) if args.output_dir else None
+            last = latest_checkpoint(args.output_dir)
             sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")
         terms = " ".join(f"{k}={stats[k]:.4f}" for k in ("loss", "hint", "relation", "global",
                                                         "local", "pixel") if k in stats)
