@@ -27,6 +27,13 @@ class RunLogger:
             for k, v in values.items():
                 self.writer.add_scalar(f"{prefix}/{k}", v, step)
 
+    def write_args(self, args):
+        """``<output_dir>/args.json``: every flag and derived value of the run, a plain dict
+        (never a pickled Namespace)."""
+        if self.main and self.output_dir:
+            with open(os.path.join(self.output_dir, "args.json"), "w") as f:
+                json.dump(vars(args), f, indent=2)
+
     def log_json(self, record):
         if self.main and self.output_dir:
             with open(os.path.join(self.output_dir, "log.json"), "a") as f:

@@ -18,7 +18,6 @@ DeepSpeed engine, which then saves DeepSpeed checkpoint directories (``<output_d
 ``<output_dir>/checkpoint-<epoch>/``) that ``--eval``, ``--finetune`` and resuming read too.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -284,13 +283,6 @@ def _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine=None):
                          "step": (epoch + 1) * steps_per_epoch, "args": vars(args)})
 
 
-def _write_args(args):
-    if du.is_main_process() and args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
-
-
 def _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn):
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{args.model}: {n_params / 1e6:.2f}M parameters, {args.nb_classes} classes, token "
@@ -332,8 +324,8 @@ def train(args, model, loaders, device, amp_dtype, scaler):
             _resume(args, model, optimizer, scaler)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    _write_args(args)
     logger = RunLogger(args.output_dir, args.log_dir)
+    logger.write_args(args)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         if args.distributed:
@@ -383,7 +375,7 @@ def main(args):
         if not resumed and not args.finetune:
             print("warning: --eval without --finetune, --resume or a checkpoint in "
                   "--output_dir tests a randomly initialised model")
-        _write_args(args)
+        RunLogger(args.output_dir).write_args(args)
     else:
         eval_kwargs = train(args, model, loaders, device, amp_dtype, scaler)
     run_test(args, model, loaders, device, **eval_kwargs)

@@ -9,7 +9,6 @@ existing launch scripts run unchanged. With ``teacher=False`` (``run_mae_pretrai
 the same loop runs VideoMAE's pixel objective without a teacher.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -215,11 +214,8 @@ def main(args):
             scaler.load_state_dict(ckpt["scaler"])
         args.start_epoch = ckpt["epoch"] + 1
         print(f"resumed from {resume}: epoch {ckpt['epoch']} done, global step {ckpt['step']}")
-    if du.is_main_process() and args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
     logger = RunLogger(args.output_dir, args.log_dir)
+    logger.write_args(args)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         if args.distributed:
