@@ -66,6 +66,9 @@ def test_distill_two_epochs_resume_and_finite_losses(anno, teacher_ckpt, tmp_pat
     text = capsys.readouterr().out
     assert "resumed from" in text and "checkpoint-0.pth" in text
     assert "effective batch size 2 = 2 per process x 1 processes x 1 accumulation" in text
+    saved = json.load(open(os.path.join(out, "args.json")))
+    assert saved["total_batch_size"] == 2 and saved["token_grid"] == [2, 2, 2]
+    assert saved["lr_scaled"] == pytest.approx(1e-3 * 2 / 256)
     log = read_log(out)
     assert [r["epoch"] for r in log] == [0, 1]
     for r in log:
