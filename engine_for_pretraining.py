@@ -21,10 +21,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def autocast_context(device, amp_dtype):
-    """bf16/fp16 autocast on CUDA when ``amp_dtype`` is set, nothing otherwise."""
-    if amp_dtype is None or torch.device(device).type != "cuda":
+    """Autocast to ``amp_dtype`` on ``device`` (CUDA: bf16 or fp16; CPU: bf16), nothing when
+    ``amp_dtype`` is None. ``optim_factory.amp_setup`` decides which dtype a run uses."""
+    if amp_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=amp_dtype)
+    return torch.autocast(torch.device(device).type, dtype=amp_dtype)
 
 
 def cosine_value(step, total_steps, base, final, warmup_steps=0, warmup_start=0.0):
@@ -43,7 +44,7 @@ def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype
 
     Args:
         videos: ``[B, 3, T, H, W]`` on ``device``; mask: bool ``[B, N]``, True = hidden.
-        amp_dtype: autocast dtype on CUDA (None = float32), for teacher and student alike:
+        amp_dtype: autocast dtype (None = float32), for teacher and student alike:
             the teacher runs in bf16 too, which is where most of its time goes.
         teacher_autocast: False runs the teacher in float32 outside autocast, as the
             reference code does (benchmarks' baseline).

@@ -10,9 +10,12 @@ equation numbers below refer to its list "The MMKD objective":
 3. MM-hidden: MSE between top-``num_k`` attention outputs, over all keys (global) and per
    temporal slice (local).
 
-Everything here computes in float32 whatever the autocast dtype of the inputs, since the
-losses are small and the relation term's large negative diagonal needs the range.
+Everything here computes in float32 whatever the autocast dtype of the inputs (autocast is
+switched off inside, or it would run the matmuls in bf16/fp16): the relation term divides
+cosine similarities near 1 by a temperature of 0.05, where bf16's rounding alone moved the
+loss by 4 % in ``tests/test_optimised_paths.py``, and its large negative diagonal needs the range.
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +28,15 @@ DISTILL_VIEWS = {  # --distill -> attention views of MM-hidden (hint and relatio
     "VTop": ("local",),
     "onlymse": (),
 }
+
+
+def float32(fn):
+    """Run ``fn`` with autocast off on CPU and CUDA, so its matmuls stay in float32."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 TOPK_IMPLS = ("scatter", "dense")
@@ -68,6 +80,7 @@ def _check_impl(impl):
     return impl
 
 
+@float32
 def topk_attention_global(logits, v, num_k, kd_T=1.0, impl=None):
     """MM-hidden, global view (METHOD.md item 3): ``O = topk_renorm(softmax(A / kd_T)) V``.
 
@@ -89,6 +102,7 @@ def topk_attention_global(logits, v, num_k, kd_T=1.0, impl=None):
     return rearrange(out, "b h n d -> b n (h d)")
 
 
+@float32
 def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0, impl=None):
     """MM-hidden, local view (METHOD.md item 3): top-k attention within each temporal slice.
 
@@ -133,6 +147,7 @@ def hint_loss(sel_s, sel_t):
     return F.mse_loss(sel_s.float(), sel_t.float())
 
 
+@float32
 def relation_loss(sel_s, sel_t, temperature_s=0.1, temperature_t=0.05):
     """MM-relation (METHOD.md item 2).
 

@@ -7,13 +7,14 @@ a q-bias and a v-bias but no k-bias, LayerNorm eps 1e-6, no class token. Tokens 
 frame-major ``(t, h, w)``, so the tokens of one temporal slice are contiguous.
 
 Attention has two paths: the fused ``scaled_dot_product_attention`` (default) and an
-explicit one that also returns the pre-softmax logits and the values, used only by the
-blocks whose maps a loss reads (MMKD Sec. 3.3, the masked attention distillation). Even
+explicit one that also returns the queries, keys and values (the pre-softmax logits on
+demand), used only by the blocks whose maps a loss reads (MMKD Sec. 3.3, the masked attention distillation). Even
 there the block's output comes from the fused kernel (``fused_attn=True``): the logits are
 computed for the loss, but no softmax matrix is kept for the backward. ``fused_attn=False``
 (:func:`set_fused_attn`) restores the reference computation, ``softmax(q k^T) v`` written
 out in every block, for benchmarks and equivalence tests.
 """
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,14 +76,34 @@ class PatchEmbed(nn.Module):
 
 @dataclass
 class AttnMaps:
-    """What the explicit attention path returns besides its output.
+    """What a block asked for its maps returns besides its output: the queries, keys and
+    values, from which the pre-softmax logits are formed on first use.
+
+    Keeping ``q`` and ``k`` rather than the ``[N, N]`` logits lets :meth:`select` restrict
+    the maps to a subset of tokens (the MVD-style teacher that sees the whole clip keeps
+    only the student's visible tokens) without ever forming the full matrix.
 
     Attributes:
-        logits: ``[B, heads, N, N]`` pre-softmax ``q k^T * scale``.
-        v: ``[B, heads, N, head_dim]`` values.
+        q, k, v: ``[B, heads, N, head_dim]`` (``q`` before scaling).
+        scale: ``head_dim ** -0.5``.
     """
-    logits: torch.Tensor
+    q: torch.Tensor
+    k: torch.Tensor
     v: torch.Tensor
+    scale: float
+
+    @functools.cached_property
+    def logits(self):
+        """``[B, heads, N, N]`` pre-softmax ``q k^T * scale``, computed once."""
+        return (self.q * self.scale) @ self.k.transpose(-2, -1)
+
+    def select(self, idx):
+        """The maps of tokens ``idx [B, n]`` (int positions) among themselves: queries, keys
+        and values gathered, so ``select(idx).logits`` is ``[B, heads, n, n]``."""
+        b, h, _, hd = self.q.shape
+        index = idx.reshape(b, 1, -1, 1).expand(-1, h, -1, hd)
+        return AttnMaps(q=self.q.gather(2, index), k=self.k.gather(2, index),
+                        v=self.v.gather(2, index), scale=self.scale)
 
 
 class Attention(nn.Module):
@@ -120,15 +141,11 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias)
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, h, N, hd]
         drop = self.attn_drop if self.training else 0.0
-        maps = None
-        if return_maps:
-            logits = (q * self.scale) @ k.transpose(-2, -1)  # [B, h, N, N]
-            maps = AttnMaps(logits=logits, v=v)
+        maps = AttnMaps(q=q, k=k, v=v, scale=self.scale) if return_maps else None
         if self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # [B, h, N, hd]
         else:  # the reference computation, N x N matrix kept for the backward
-            if not return_maps:
-                logits = (q * self.scale) @ k.transpose(-2, -1)  # [B, h, N, N]
+            logits = maps.logits if return_maps else (q * self.scale) @ k.transpose(-2, -1)
             out = F.dropout(logits.softmax(dim=-1), drop, self.training) @ v
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
         return (out, maps) if return_maps else out

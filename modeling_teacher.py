@@ -83,13 +83,8 @@ class Teacher(nn.Module):
             b, _, d = feats.shape
             vis = ~bool_masked_pos
             feats = feats[vis].reshape(b, -1, d)
-            if maps is not None:
-                idx = vis.nonzero()[:, 1].reshape(b, 1, -1, 1)  # [B, 1, N_vis, 1]
-                h, hd = maps.v.shape[1], maps.v.shape[-1]
-                v = maps.v.gather(2, idx.expand(-1, h, -1, hd))
-                rows = maps.logits.gather(2, idx.expand(-1, h, -1, maps.logits.shape[-1]))
-                logits = rows.gather(3, idx.transpose(2, 3).expand(-1, h, rows.shape[2], -1))
-                maps = type(maps)(logits=logits, v=v)
+            if maps is not None:  # logits among the visible tokens only, never N x N
+                maps = maps.select(vis.nonzero()[:, 1].reshape(b, -1))
         g = loc = None
         if views:
             g, loc = attention_views(maps, views, num_k, kd_T, enc.patch_embed.grid_size[0])

@@ -29,7 +29,8 @@ def add_optim_args(parser, *, lr, min_lr, warmup_epochs, opt_betas=None):
     a("--warmup_epochs", type=int, default=warmup_epochs)
     a("--warmup_steps", type=int, default=-1, help="warm-up updates (overrides --warmup_epochs)")
     a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
-      help="autocast on CUDA: auto = bf16 where supported, else fp16")
+      help="autocast: on CUDA auto = bf16 where supported, else fp16 + loss scaling; on a CPU "
+           "auto = float32 and bf16 is opt-in (fast on CPUs with AVX512-BF16 or AMX)")
     a("--compile", action=argparse.BooleanOptionalAction, default=False,
       help="torch.compile every transformer block (state-dict keys unchanged); the first "
            "steps are slow while it compiles")
@@ -78,9 +79,30 @@ def build_lr_scheduler(optimizer, args, steps_per_epoch):
     return scheduler, warmup, total
 
 
+def cpu_has_native_bf16():
+    """Whether oneDNN has bf16 dot-product kernels on this CPU (AVX512-BF16 or AMX); without
+    them CPU bf16 autocast still runs, but slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def amp_setup(args):
-    """``(autocast dtype or None, GradScaler or None)`` for ``--amp`` on this device."""
-    if torch.device(args.device).type != "cuda" or args.amp == "none":
+    """``(autocast dtype or None, GradScaler or None)`` for ``--amp`` on this device.
+
+    CUDA: ``auto`` = bf16 where supported, else fp16 with a GradScaler. CPU: float32 unless
+    ``--amp bf16`` (CPU results then stay comparable across machines by default).
+
+    Raises:
+        ValueError: ``--amp fp16`` on a CPU (CPU fp16 matmuls are slow and need loss scaling).
+    """
+    if args.amp == "none":
         return None, None
+    if torch.device(args.device).type != "cuda":
+        if args.amp == "fp16":
+            raise ValueError(f"--amp fp16 needs a CUDA device (--device is {args.device}); "
+                             "use --amp bf16 or --amp none on a CPU")
+        return (torch.bfloat16 if args.amp == "bf16" else None), None
     bf16 = args.amp == "bf16" or (args.amp == "auto" and torch.cuda.is_bf16_supported())
     return (torch.bfloat16, None) if bf16 else (torch.float16, torch.amp.GradScaler("cuda"))

@@ -359,13 +359,13 @@ def train(args, model, loaders, device, amp_dtype, scaler):
 def main(args):
     try:
         model, loaders = setup(args)
+        amp_dtype, scaler = amp_setup(args)
     except (ValueError, FileNotFoundError, ImportError) as e:
         sys.exit(f"error: {e}")
     device = torch.device(args.device)
     model.to(device)
     if args.compile:  # in place: checkpoints keep their keys
         print(f"torch.compile: {compile_blocks(model)} transformer blocks")
-    amp_dtype, scaler = amp_setup(args)
     eval_kwargs = dict(amp_dtype=amp_dtype)
     if args.eval:
         try:

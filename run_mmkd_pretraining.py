@@ -170,6 +170,7 @@ def setup(args):
 def main(args):
     try:
         student, teacher, dataset, loader, sampler = setup(args)
+        amp_dtype, scaler = amp_setup(args)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     device = torch.device(args.device if not args.distributed else args.device)
@@ -186,7 +187,6 @@ def main(args):
     steps_per_epoch = len(loader) // args.update_freq
     optimizer = build_optimizer(raw, args)
     lr_scheduler, warmup, total = build_lr_scheduler(optimizer, args, steps_per_epoch)
-    amp_dtype, scaler = amp_setup(args)
     n_params = sum(p.numel() for p in raw.parameters() if p.requires_grad)
     print(f"student {args.model}: {n_params / 1e6:.2f}M trainable parameters, token grid "
           f"{args.token_grid}, {args.num_visible} visible tokens per clip ({args.mask_type} "

@@ -4,12 +4,11 @@ A K400 test pass is ``#frame x #clip x #crop`` = 16x5x3 views per video, each a 
 clip of all ``N = 1568`` tokens (no masking), so attention is the costly part here. Two modes
 on the same view batches:
 
-- ``optimised``: fused SDPA attention, ``torch.inference_mode``, bf16 autocast on CUDA,
-  optionally ``--compile`` (every block);
+- ``optimised``: fused SDPA attention, ``torch.inference_mode``, bf16 autocast on CUDA and
+  on CPUs with native bf16 (``--amp bf16``), optionally ``--compile`` (every block);
 - ``baseline`` (the reference's evaluation): explicit ``softmax(q k^T) v`` attention,
-  ``torch.no_grad``, fp16 autocast on CUDA.
-
-On a CPU both run in float32.
+  ``torch.no_grad``, fp16 autocast on CUDA, float32 on a CPU (``torch.cuda.amp`` does
+  nothing there).
 
     python benchmarks/bench_eval.py --models S B --batch_size 32        # GPU, 16x224
     python benchmarks/bench_eval.py --small --device cpu                # < 1 min
@@ -25,13 +24,14 @@ from common import (add_common_args, arg_parser, classifier_flops, device_descri
 from engine_for_pretraining import autocast_context
 from model_factory import create_classifier
 from modeling_encoder import compile_blocks, set_fused_attn
+from optim_factory import cpu_has_native_bf16
 
 
 def mode_fn(model, views, device, mode):
     """The forward of one view batch in ``mode`` (switches the attention path first)."""
     cuda = device.type == "cuda"
     if mode == "optimised":
-        amp = None
+        amp = torch.bfloat16 if cpu_has_native_bf16() else None
         if cuda:
             amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         grad_ctx, fused = torch.inference_mode, True

@@ -8,12 +8,12 @@ the same clips and masks:
 - ``optimised`` (what ``run_mmkd_pretraining.py`` does): fused SDPA attention in every block
   (the last block also returns its logits for the loss), top-k attention with
   ``impl='scatter'``, teacher and student under bf16 autocast on CUDA (fp16 + GradScaler
-  where bf16 is missing), fused AdamW on CUDA, optionally ``--compile``;
+  where bf16 is missing) and on CPUs with native bf16 (``--amp bf16``; float32 on other
+  CPUs), fused AdamW on CUDA, optionally ``--compile``;
 - ``baseline`` (the reference code's computation): explicit ``softmax(q k^T) v`` in every
   block, the masked dense top-k, the teacher in float32 outside autocast, the student under
-  fp16 autocast with a GradScaler (CUDA), the default (for-each) AdamW.
-
-On a CPU both modes run in float32 (autocast is CUDA-only in the engine).
+  fp16 autocast with a GradScaler (CUDA), the default (for-each) AdamW. The reference's
+  ``torch.cuda.amp.autocast`` does nothing on a CPU, so there the baseline is all float32.
 
     python benchmarks/bench_pretrain_step.py --student S --batch_size 64          # GPU
     python benchmarks/bench_pretrain_step.py --student B --batch_size 32 --compile
@@ -37,6 +37,7 @@ from losses import LossWeights
 from masking_generator import TubeMaskingGenerator
 from model_factory import create_student, create_teacher
 from modeling_encoder import compile_blocks, set_fused_attn
+from optim_factory import cpu_has_native_bf16
 
 # METHOD.md's reference weights by student size (gamma, alpha, beta, beta_kd1, beta_kd2)
 REFERENCE_WEIGHTS = {"small": (0.1, 0.1, 1.0, 0.1, 3.0), "base": (0.2, 0.1, 1.0, 3.0, 1.0)}
@@ -47,7 +48,7 @@ class Mode:
     name: str
     fused_attn: bool
     topk_impl: str
-    amp_dtype: object  # student autocast dtype on CUDA, None = float32
+    amp_dtype: object  # student autocast dtype, None = float32
     teacher_autocast: bool
     scaler: bool
     opt_kwargs: dict = field(default_factory=dict)
@@ -57,8 +58,8 @@ class Mode:
 def modes(device, compile_=False):
     """``{'baseline': Mode, 'optimised': Mode}`` for ``device``."""
     cuda = device.type == "cuda"
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    opt_dtype = (torch.bfloat16 if bf16 else torch.float16) if cuda else None
+    bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+    opt_dtype = torch.bfloat16 if bf16 else (torch.float16 if cuda else None)
     return {
         "baseline": Mode("baseline", False, "dense", torch.float16 if cuda else None, False, cuda),
         "optimised": Mode("optimised", True, "scatter", opt_dtype, True, cuda and not bf16,

@@ -22,6 +22,7 @@ forward), the usual ``6 x params x tokens`` convention. Achieved model FLOP/s =
 """
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -67,7 +68,8 @@ def add_common_args(p, small_help="tiny sizes that run on a CPU in well under a 
     a("--iters", type=int, default=None, help="timed iterations")
     a("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a("--peak_tflops", type=float, default=None,
-      help="device peak TFLOP/s for MFU (default: table for known GPUs; unknown on CPU)")
+      help="device peak TFLOP/s for MFU (default: table for known GPUs; on a CPU the "
+           "measured peak of a large matmul)")
     a("--seed", type=int, default=0)
     return p
 
@@ -90,12 +92,27 @@ def device_description(device):
     return f"CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores visible"
 
 
+@functools.lru_cache(maxsize=None)
+def measured_matmul_tflops(dtype, size=2048, iters=5):
+    """TFLOP/s of the fastest of ``iters`` ``size^3`` matmuls in ``dtype`` on the CPU with the
+    current torch threads: a practical ceiling where no data-sheet peak is known."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b
+    best = min(time_fn(lambda: a @ b, torch.device("cpu"), 0, iters))
+    return 2 * size ** 3 / best / 1e12
+
+
 def device_peak_tflops(device, low_precision, override=None):
-    """``(peak TFLOP/s or None, where it came from)``."""
+    """``(peak TFLOP/s or None, where it came from)``. On a CPU: the measured peak of a large
+    matmul (bf16 when ``low_precision``), since CPU data sheets rarely give one."""
     if override:
         return override, "--peak_tflops"
     if device.type != "cuda":
-        return None, "unknown for this CPU (pass --peak_tflops)"
+        dtype = torch.bfloat16 if low_precision else torch.float32
+        kind = "bf16" if low_precision else "fp32"
+        return (measured_matmul_tflops(dtype),
+                f"CPU: measured {kind} 2048^3 matmul peak, {torch.get_num_threads()} threads")
     name = torch.cuda.get_device_name(device)
     for frag, (lp, fp32) in PEAK_TFLOPS.items():
         if frag in name:

@@ -31,6 +31,12 @@ def test_sdpa_and_explicit_attention_agree():
     k = x @ attn.qkv.weight[48:96].T
     ref = (q.view(2, 10, 4, 12).transpose(1, 2) * 12 ** -0.5) @ k.view(2, 10, 4, 12).permute(0, 2, 3, 1)
     torch.testing.assert_close(maps.logits, ref, atol=1e-5, rtol=1e-5)
+    # select: the maps among a subset of tokens, formed without the full matrix
+    idx = torch.tensor([[0, 3, 4, 9], [1, 2, 5, 8]])
+    sub = maps.select(idx)
+    want = torch.stack([maps.logits[i][:, idx[i]][:, :, idx[i]] for i in range(2)])
+    torch.testing.assert_close(sub.logits, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sub.v, torch.stack([maps.v[i][:, idx[i]] for i in range(2)]))
 
 
 def test_sinusoid_table_values():
