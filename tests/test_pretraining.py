@@ -100,6 +100,18 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(anno, tmp_path, monkeypatch)
     assert not os.path.exists(os.path.join(out, "checkpoint-1.pth"))
 
 
+def test_bf16_autocast_on_cpu(anno, tmp_path):
+    """``--amp bf16`` on a CPU: teacher and student under bf16 autocast, float32 weights."""
+    out = str(tmp_path / "bf16")
+    run(["--data_path", anno, "--data_root", VIDEOS, "--model_t",
+         "pretrain_videomae_tiny_patch16_224", "--num_k", "2", "--num_f", "4", "--epochs", "1",
+         "--amp", "bf16", "--output_dir", out, *TINY])
+    log = read_log(out)[0]
+    assert all(math.isfinite(log[f"train_{k}"]) for k in ("loss", "hint", "relation", "local"))
+    ckpt = torch.load(os.path.join(out, "checkpoint-0.pth"), weights_only=True)
+    assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
 @pytest.mark.parametrize("change, message", [
     (["--num_frames", "5"], "--num_frames 5"),
     (["--input_size", "40"], "--input_size 40"),
@@ -108,6 +120,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(anno, tmp_path, monkeypatch)
     (["--num_k", "50"], "--num_k 50"),
     (["--num_f", "50"], "--num_f 50"),
     (["--mask_type", "random"], "--mask_type tube"),
+    (["--amp", "fp16"], "--amp fp16"),
 ])
 def test_bad_flags(anno, change, message):
     argv = ["--data_path", anno, "--data_root", VIDEOS, "--model_t",
