@@ -269,8 +269,8 @@ class VideoViTEncoder(nn.Module):
             x: ``[B, 3, T, H, W]`` normalised clip.
             bool_masked_pos: ``[B, N]`` bool, True = hidden; every clip must hide the same
                 number of tokens. ``None`` encodes all ``N`` tokens.
-            maps_from: indices of blocks (negative allowed) whose attention logits and values
-                to return; only these use the explicit attention path.
+            maps_from: indices of blocks (negative allowed) whose :class:`AttnMaps` (queries,
+                keys, values; logits on first use) to return.
         Returns:
             :class:`EncoderOutput` with ``tokens [B, N_vis, D]`` (no final norm).
         """
