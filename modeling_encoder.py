@@ -8,9 +8,10 @@ frame-major ``(t, h, w)``, so the tokens of one temporal slice are contiguous.
 
 Attention has two paths: the fused ``scaled_dot_product_attention`` (default) and an
 explicit one that also returns the queries, keys and values (the pre-softmax logits on
-demand), used only by the blocks whose maps a loss reads (MMKD Sec. 3.3, the masked attention distillation). Even
-there the block's output comes from the fused kernel (``fused_attn=True``): the logits are
-computed for the loss, but no softmax matrix is kept for the backward. ``fused_attn=False``
+demand), used only by the blocks whose maps a loss reads (MMKD Sec. 3.3, the masked
+attention distillation). Even there the block's output comes from the fused kernel
+(``fused_attn=True``): the logits are computed for the loss, but no softmax matrix is kept
+for the backward. ``fused_attn=False``
 (:func:`set_fused_attn`) restores the reference computation, ``softmax(q k^T) v`` written
 out in every block, for benchmarks and equivalence tests.
 """
@@ -76,7 +77,7 @@ class PatchEmbed(nn.Module):
 
 @dataclass
 class AttnMaps:
-    """What a block asked for its maps returns besides its output: the queries, keys and
+    """Returned beside a block's output when its maps are asked for: the queries, keys and
     values, from which the pre-softmax logits are formed on first use.
 
     Keeping ``q`` and ``k`` rather than the ``[N, N]`` logits lets :meth:`select` restrict

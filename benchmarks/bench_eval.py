@@ -19,22 +19,18 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 
 from common import (add_common_args, arg_parser, classifier_flops, device_description,
-                    device_peak_tflops, fast_init, fmt_bytes, mfu_text, setup, size_name, summary,
-                    sync, time_fn)
+                    device_peak_tflops, fast_amp_dtype, fast_init, fmt_bytes, mfu_text, setup,
+                    size_name, summary, sync, time_fn)
 from engine_for_pretraining import autocast_context
 from model_factory import create_classifier
 from modeling_encoder import compile_blocks, set_fused_attn
-from optim_factory import cpu_has_native_bf16
 
 
 def mode_fn(model, views, device, mode):
     """The forward of one view batch in ``mode`` (switches the attention path first)."""
     cuda = device.type == "cuda"
     if mode == "optimised":
-        amp = torch.bfloat16 if cpu_has_native_bf16() else None
-        if cuda:
-            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        grad_ctx, fused = torch.inference_mode, True
+        amp, grad_ctx, fused = fast_amp_dtype(device), torch.inference_mode, True
     else:
         amp, grad_ctx, fused = (torch.float16 if cuda else None), torch.no_grad, False
 

@@ -29,15 +29,14 @@ import torch
 from timm.optim import create_optimizer_v2
 
 import losses
-from common import (add_common_args, arg_parser, device_description, device_peak_tflops, fast_init,
-                    fmt_bytes, mfu_text, model_name, peak_memory, setup, size_name, step_flops,
-                    summary, time_fn)
+from common import (add_common_args, arg_parser, device_description, device_peak_tflops,
+                    fast_amp_dtype, fast_init, fmt_bytes, mfu_text, model_name, peak_memory,
+                    setup, size_name, step_flops, summary, time_fn)
 from engine_for_pretraining import autocast_context, forward_losses, optimizer_update
 from losses import LossWeights
 from masking_generator import TubeMaskingGenerator
 from model_factory import create_student, create_teacher
 from modeling_encoder import compile_blocks, set_fused_attn
-from optim_factory import cpu_has_native_bf16
 
 # METHOD.md's reference weights by student size (gamma, alpha, beta, beta_kd1, beta_kd2)
 REFERENCE_WEIGHTS = {"small": (0.1, 0.1, 1.0, 0.1, 3.0), "base": (0.2, 0.1, 1.0, 3.0, 1.0)}
@@ -58,11 +57,11 @@ class Mode:
 def modes(device, compile_=False):
     """``{'baseline': Mode, 'optimised': Mode}`` for ``device``."""
     cuda = device.type == "cuda"
-    bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
-    opt_dtype = torch.bfloat16 if bf16 else (torch.float16 if cuda else None)
+    opt_dtype = fast_amp_dtype(device)
     return {
         "baseline": Mode("baseline", False, "dense", torch.float16 if cuda else None, False, cuda),
-        "optimised": Mode("optimised", True, "scatter", opt_dtype, True, cuda and not bf16,
+        "optimised": Mode("optimised", True, "scatter", opt_dtype, True,
+                          opt_dtype == torch.float16,
                           {"fused": True} if cuda else {}, compile_),
     }
 

@@ -86,6 +86,15 @@ def setup(args):
     return torch.device(args.device)
 
 
+def fast_amp_dtype(device):
+    """The optimised modes' autocast dtype: bf16 where the device computes it natively (CUDA
+    with bf16, CPUs with AVX512-BF16 / AMX), else fp16 on CUDA and float32 (None) on a CPU."""
+    from optim_factory import cpu_has_native_bf16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
 def device_description(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
