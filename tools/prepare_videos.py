@@ -139,6 +139,9 @@ def main(args):
         sys.exit(f"error: --src {args.src} is not a directory")
     if args.out_anno and not args.anno:
         sys.exit("error: --out_anno needs --anno")
+    if "libx264" not in av.codecs_available:
+        sys.exit(f"error: this PyAV ({av.__version__}) was built without the libx264 encoder; "
+                 "install PyAV's binary wheel (pip install av), which includes it")
     try:
         rels = list_videos(args.src, args.anno)
     except (ValueError, FileNotFoundError) as e:
