@@ -104,8 +104,8 @@ def amp_setup(args):
             raise ValueError(f"--amp fp16 needs a CUDA device (--device is {args.device}); "
                              "use --amp bf16 or --amp none on a CPU")
         if args.amp == "auto" and cpu_has_native_bf16():
-            print("note: this CPU computes bf16 natively; --amp bf16 runs teacher and student "
-                  "~3x faster (float32 by default on a CPU)")
+            print("note: this CPU computes bf16 natively; --amp bf16 runs the models ~3x "
+                  "faster (float32 by default on a CPU)")
         return (torch.bfloat16 if args.amp == "bf16" else None), None
     bf16 = args.amp == "bf16" or (args.amp == "auto" and torch.cuda.is_bf16_supported())
     return (torch.bfloat16, None) if bf16 else (torch.float16, torch.amp.GradScaler("cuda"))
