@@ -13,15 +13,18 @@ same videos and random draws:
 ``baseline`` decodes full-size frames and resizes them in the transform (one decode per
 test view); ``optimised`` lets the decoder scale the frames to the short side the crops need
 (``scale_on_decode``) and reuses one decode for the 3 crops of a test clip
-(``reuse_decode``). Each video is loaded once before timing (its first load also checks
+(``reuse_decode``). With ``--prepare``, a third mode, ``prepared``, runs the optimised
+loader on copies of the videos re-encoded once by ``tools/prepare_videos.py`` (320 px short
+side, keyframe every 16 frames, ``fastdecode``), timed in the same turns as the other two. Each video is loaded once before timing (its first load also checks
 the last frame, see ``datasets/guard.py``); the clip ``corrupted_h264.mp4`` is left out.
 
-    python benchmarks/bench_data.py                    # 16x224, 3 timed passes
+    python benchmarks/bench_data.py --prepare          # 16x224, 3 timed passes, 3 modes
     python benchmarks/bench_data.py --small            # 8 frames, 2 passes, < 1 min
     python benchmarks/bench_data.py --videos /data/k400/val --limit 50 --loader_workers 4
 """
 import os
 import random
+import tempfile
 import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
@@ -31,17 +34,25 @@ import torch
 from common import ROOT, arg_parser
 from datasets import VideoClsDataset, VideoMAEPretrainDataset, collate_skip_none
 from masking_generator import TubeMaskingGenerator
+from tools.prepare_videos import encode_video, new_paths
 
 VIDEO_EXT = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
 
-def annotation(videos, tmp, limit=None):
-    names = sorted(n for n in os.listdir(videos) if n.lower().endswith(VIDEO_EXT)
-                   and "corrupted" not in n)[:limit]
-    path = os.path.join(tmp, "bench_data.csv")
+def annotation(names, tmp, file_name):
+    path = os.path.join(tmp, file_name)
     with open(path, "w") as f:
         f.writelines(f"{n} 0\n" for n in names)
-    return path, names
+    return path
+
+
+def prepare(videos, names, tmp):
+    """Re-encode ``names`` into ``tmp/prepared`` (same order); returns (dir, new names, s)."""
+    out, targets = os.path.join(tmp, "prepared"), new_paths(names)
+    t = time.perf_counter()
+    for name, target in zip(names, targets):
+        encode_video(os.path.join(videos, name), os.path.join(out, target))
+    return out, targets, time.perf_counter() - t
 
 
 def build(kind, anno, videos, args, optimised):
@@ -123,37 +134,54 @@ def main(argv=None):
       help="also time a DataLoader with this many workers, persistent or not (0 = skip)")
     a("--small", "--cpu-smoke", dest="small", action="store_true",
       help="8 frames, 2 timed passes, 2 test clips: under a minute on a CPU")
-    a("--tmp", default=None, help="directory for the annotation file (default: a temp dir)")
+    a("--prepare", action="store_true",
+      help="also time the optimised loader on the videos re-encoded by tools/prepare_videos.py")
+    a("--tmp", default=None, help="directory for the annotation files and re-encoded videos "
+      "(default: a temp dir)")
     args = p.parse_args(argv)
     args.num_frames = args.num_frames or (8 if args.small else 16)
     args.test_num_segment = args.test_num_segment or (2 if args.small else 5)
     passes = args.passes or (2 if args.small else 3)
     torch.set_num_threads(1)  # as in a data loader worker
-    import tempfile
     tmp = args.tmp or tempfile.mkdtemp()
-    anno, names = annotation(args.videos, tmp, args.limit)
+    names = sorted(n for n in os.listdir(args.videos) if n.lower().endswith(VIDEO_EXT)
+                   and "corrupted" not in n)[:args.limit]
+    sources = {"baseline": (annotation(names, tmp, "bench_data.csv"), args.videos)}
+    sources["optimised"] = sources["baseline"]
+    if args.prepare:
+        out, targets, secs = prepare(args.videos, names, tmp)
+        sources["prepared"] = (annotation(targets, tmp, "bench_data_prepared.csv"), out)
+        print(f"re-encoded {len(names)} videos with tools/prepare_videos.py in {secs:.1f} s")
     print(f"data pipelines, one worker (1 torch thread; decord 1 thread, PyAV FFmpeg's default): "
           f"{len(names)} videos "
           f"from {args.videos}, {args.num_frames}x{args.sampling_rate} frames, {args.input_size} "
           f"px, num_sample {args.num_sample}; {passes} timed passes after a warm one, modes taking "
-          f"turns, each video's fastest pass counted")
+          f"turns, each video's fastest pass counted; per video: ms per item "
+          f"{' -> '.join(sources)} (speed-up over the baseline)")
     results = {}
     for kind in args.pipelines:
-        datasets = {mode: build(kind, anno, args.videos, args, mode == "optimised")
-                    for mode in ("baseline", "optimised")}
+        datasets = {mode: build(kind, anno, root, args, mode != "baseline")
+                    for mode, (anno, root) in sources.items()}
         timed = time_datasets(datasets, per_video_items(datasets["baseline"], kind), passes)
         rates = {mode: r for mode, (r, _) in timed.items()}
         per = {mode: p for mode, (_, p) in timed.items()}
         unit = "views/s" if kind == "test" else "clips/s"
         ratio = rates["optimised"] / rates["baseline"]
         results[kind] = (rates["baseline"], rates["optimised"], ratio)
-        print(f"{kind:>8}: baseline {rates['baseline']:7.2f} {unit} | optimised "
-              f"{rates['optimised']:7.2f} {unit} | ratio {ratio:.2f}x")
+        line = (f"{kind:>8}: baseline {rates['baseline']:7.2f} {unit} | optimised "
+                f"{rates['optimised']:7.2f} {unit} | ratio {ratio:.2f}x")
+        if args.prepare:
+            results[kind] += (rates["prepared"], rates["prepared"] / rates["baseline"])
+            line += (f" | prepared {rates['prepared']:7.2f} {unit} | ratio "
+                     f"{rates['prepared'] / rates['baseline']:.2f}x")
+        print(line)
         for v, name in enumerate(names):
-            b, o = per["baseline"][v], per["optimised"][v]
-            print(f"{'':>10}{name:<42} {b * 1e3:8.1f} -> {o * 1e3:8.1f} ms/item ({b / o:.2f}x)")
+            ms = " -> ".join(f"{per[mode][v] * 1e3:8.1f}" for mode in per)
+            print(f"{'':>10}{name:<42} {ms} ms/item ({per['baseline'][v] / per['optimised'][v]:.2f}x"
+                  + (f", {per['baseline'][v] / per['prepared'][v]:.2f}x" if args.prepare else "")
+                  + ")")
     if args.loader_workers:
-        ds = build("pretrain", anno, args.videos, args, True)
+        ds = build("pretrain", *sources["prepared" if args.prepare else "optimised"], args, True)
         for persistent in (False, True):
             rate = loader_throughput(ds, args.loader_workers, 2, persistent, 2)
             print(f"DataLoader pretrain, {args.loader_workers} workers, persistent_workers="

@@ -19,8 +19,10 @@ CASES = {
     "bench_eval.py": (["--models", "S", "--iters", "1"], [
         rf"ViT-S +baseline: +{NUM} views/s", rf"ViT-S optimised: +{NUM} views/s",
         rf"ViT-S ratio optimised/baseline: {NUM}x views/s"]),
-    "bench_data.py": (["--limit", "3", "--pipelines", "pretrain", "test"], [
-        rf"pretrain: baseline +{NUM} clips/s \| optimised +{NUM} clips/s \| ratio {NUM}x",
+    "bench_data.py": (["--limit", "3", "--pipelines", "pretrain", "test", "--prepare"], [
+        r"re-encoded 3 videos",
+        rf"pretrain: baseline +{NUM} clips/s \| optimised +{NUM} clips/s \| ratio {NUM}x \| "
+        rf"prepared +{NUM} clips/s \| ratio {NUM}x",
         rf"test: baseline +{NUM} views/s \| optimised +{NUM} views/s \| ratio {NUM}x"]),
     "bench_scaling.py": (["--mask_ratios", "0.9", "0.95", "--batch_sizes", "1",
                           "--checkpointing", "off", "on", "--warmup", "0"], [
