@@ -34,9 +34,7 @@ import torch
 from common import ROOT, arg_parser
 from datasets import VideoClsDataset, VideoMAEPretrainDataset, collate_skip_none
 from masking_generator import TubeMaskingGenerator
-from tools.prepare_videos import encode_video, new_paths
-
-VIDEO_EXT = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+from tools.prepare_videos import encode_video, list_videos, new_paths
 
 
 def annotation(names, tmp, file_name):
@@ -144,8 +142,7 @@ def main(argv=None):
     passes = args.passes or (2 if args.small else 3)
     torch.set_num_threads(1)  # as in a data loader worker
     tmp = args.tmp or tempfile.mkdtemp()
-    names = sorted(n for n in os.listdir(args.videos) if n.lower().endswith(VIDEO_EXT)
-                   and "corrupted" not in n)[:args.limit]
+    names = [n for n in list_videos(args.videos) if "corrupted" not in n][:args.limit]
     sources = {"baseline": (annotation(names, tmp, "bench_data.csv"), args.videos)}
     sources["optimised"] = sources["baseline"]
     if args.prepare:

@@ -36,6 +36,7 @@ except ImportError:  # PyAV only
 
 
 PYAV_EXTENSIONS = (".avi",)  # decoded with PyAV: decord's frame access is unreliable on them
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv")
 
 
 class VideoDecodeError(RuntimeError):

@@ -29,9 +29,7 @@ import av
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.video_io import read_annotation, scaled_size  # noqa: E402
-
-VIDEO_EXT = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv")
+from datasets.video_io import VIDEO_EXTENSIONS, read_annotation, scaled_size  # noqa: E402
 
 
 def get_args_parser():
@@ -121,7 +119,7 @@ def list_videos(src, anno=None):
     found = []
     for root, _, files in os.walk(src):
         found += [os.path.relpath(os.path.join(root, f), src) for f in files
-                  if f.lower().endswith(VIDEO_EXT)]
+                  if f.lower().endswith(VIDEO_EXTENSIONS)]
     return sorted(found)
 
 
