@@ -310,6 +310,36 @@ def test_distributed_multiview_test_equals_one_process(tmp_path):
         assert float(a["score_1"]) == pytest.approx(float(b["score_1"]), abs=1e-5)
 
 
+def test_bf16_multiview_test_close_to_float32(tmp_path):
+    """``--amp bf16`` on a CPU: the multi-view test under bf16 autocast gives the float32
+    predictions, scores within bf16 precision."""
+    torch.manual_seed(0)
+    model = create_classifier("vit_tiny_patch16_224", num_classes=7, **TINY)
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # unsaturated scores
+    ckpt = str(tmp_path / "ft.pth")
+    save_checkpoint(ckpt, {"model": model.state_dict()})
+    data = _anno_dir(tmp_path / "anno", DIST_CLIPS[:3], [0, 1, 2])
+    preds = {}
+    for amp in ("none", "bf16"):
+        out = str(tmp_path / amp)
+        rcf.main(rcf.get_args_parser().parse_args([
+            "--eval", "--finetune", ckpt, "--data_set", "UCF101", "--nb_classes", "7",
+            "--data_path", data, "--data_root", VIDEOS, "--model", "vit_tiny_patch16_224",
+            "--input_size", "32", "--short_side_size", "40", "--num_frames", "4",
+            "--sampling_rate", "4", "--test_num_segment", "2", "--test_num_crop", "1",
+            "--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--no-auto_resume",
+            "--amp", amp, "--output_dir", out]))
+        preds[amp] = {r["video_id"]: r for r in _read_predictions(out)}
+    assert preds["none"].keys() == preds["bf16"].keys() and len(preds["none"]) == 3
+    for vid, ref in preds["none"].items():
+        low = preds["bf16"][vid]
+        assert low["pred_1"] == ref["pred_1"]
+        assert float(low["score_1"]) == pytest.approx(float(ref["score_1"]), abs=1e-2)
+    # and bf16 did run: each video's top-5 scores (6 decimals) differ from float32 somewhere
+    scores = lambda r: [r[f"score_{j}"] for j in range(1, 6)]  # noqa: E731
+    assert all(scores(preds["bf16"][v]) != scores(r) for v, r in preds["none"].items())
+
+
 def test_end_to_end_finetune_on_demo_splits(demo_splits, tmp_path):
     data, _ = demo_splits
     out = str(tmp_path / "ft")
