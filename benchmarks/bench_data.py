@@ -142,6 +142,7 @@ def main(argv=None):
     passes = args.passes or (2 if args.small else 3)
     torch.set_num_threads(1)  # as in a data loader worker
     tmp = args.tmp or tempfile.mkdtemp()
+    os.makedirs(tmp, exist_ok=True)
     names = [n for n in list_videos(args.videos) if "corrupted" not in n][:args.limit]
     sources = {"baseline": (annotation(names, tmp, "bench_data.csv"), args.videos)}
     sources["optimised"] = sources["baseline"]
