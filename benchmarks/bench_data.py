@@ -15,8 +15,9 @@ test view); ``optimised`` lets the decoder scale the frames to the short side th
 (``scale_on_decode``) and reuses one decode for the 3 crops of a test clip
 (``reuse_decode``). With ``--prepare``, a third mode, ``prepared``, runs the optimised
 loader on copies of the videos re-encoded once by ``tools/prepare_videos.py`` (320 px short
-side, keyframe every 16 frames, ``fastdecode``), timed in the same turns as the other two. Each video is loaded once before timing (its first load also checks
-the last frame, see ``datasets/guard.py``); the clip ``corrupted_h264.mp4`` is left out.
+side, keyframe every 16 frames, ``fastdecode``), timed in the same turns as the other two.
+Each video is loaded once before timing (its first load also checks the last frame, see
+``datasets/guard.py``); the clip ``corrupted_h264.mp4`` is left out.
 
     python benchmarks/bench_data.py --prepare          # 16x224, 3 timed passes, 3 modes
     python benchmarks/bench_data.py --small            # 8 frames, 2 passes, < 1 min
@@ -175,9 +176,9 @@ def main(argv=None):
         print(line)
         for v, name in enumerate(names):
             ms = " -> ".join(f"{per[mode][v] * 1e3:8.1f}" for mode in per)
-            print(f"{'':>10}{name:<42} {ms} ms/item ({per['baseline'][v] / per['optimised'][v]:.2f}x"
-                  + (f", {per['baseline'][v] / per['prepared'][v]:.2f}x" if args.prepare else "")
-                  + ")")
+            gains = ", ".join(f"{per['baseline'][v] / per[mode][v]:.2f}x" for mode in per
+                              if mode != "baseline")
+            print(f"{'':>10}{name:<42} {ms} ms/item ({gains})")
     if args.loader_workers:
         ds = build("pretrain", *sources["prepared" if args.prepare else "optimised"], args, True)
         for persistent in (False, True):

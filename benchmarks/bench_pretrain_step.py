@@ -6,7 +6,7 @@ gradient-norm clipping + the AdamW step, through the engine's own ``forward_loss
 the same clips and masks:
 
 - ``optimised`` (what ``run_mmkd_pretraining.py`` does): fused SDPA attention in every block
-  (the last block also returns its logits for the loss), top-k attention with
+  (the last block also returns q, k, v; the loss forms its logits), top-k attention with
   ``impl='scatter'``, teacher and student under bf16 autocast on CUDA (fp16 + GradScaler
   where bf16 is missing) and on CPUs with native bf16 (``--amp bf16``; float32 on other
   CPUs), fused AdamW on CUDA, optionally ``--compile``;

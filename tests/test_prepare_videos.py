@@ -51,7 +51,8 @@ def test_prepared_clips_keep_every_frame_at_the_new_size(prepared):
         src, dst = os.path.join(VIDEOS, name), str(tmp / "dst" / "sub" / out)
         a, b = every_frame(src), every_frame(dst)
         assert len(a) == len(b)  # frame i is still frame i
-        assert min(b.shape[1:3]) == 128 and b.shape[2] == int(128 * a.shape[2] / a.shape[1]) // 2 * 2
+        assert b.shape[1] == 128  # landscape: short side = height; width even, aspect kept
+        assert b.shape[2] == int(128 * a.shape[2] / a.shape[1]) // 2 * 2
         ref = F.interpolate(torch.from_numpy(a).permute(0, 3, 1, 2).float(), size=b.shape[1:3],
                             mode="bilinear", antialias=True)
         mse = (ref - torch.from_numpy(b).permute(0, 3, 1, 2).float()).square().mean().item()

@@ -20,6 +20,7 @@ video that cannot be decoded is reported and left out (of ``--out_anno`` too), n
 The frame count is kept, so frame indices (``--sampling_rate``) mean the same as before.
 """
 import argparse
+import contextlib
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -111,11 +112,8 @@ def _job(job):
     return src, dst, "done", f"{n} frames, {size[0]}x{size[1]}"
 
 
-def list_videos(src, anno=None):
-    """Relative paths of the videos to convert: every video file under ``src``, or the
-    paths of the annotation file ``anno`` (relative to ``src``)."""
-    if anno:
-        return [os.path.relpath(p, src) for p, _ in read_annotation(anno, src)]
+def list_videos(src):
+    """Sorted relative paths of every video file under ``src``."""
     found = []
     for root, _, files in os.walk(src):
         found += [os.path.relpath(os.path.join(root, f), src) for f in files
@@ -140,24 +138,28 @@ def main(args):
     if "libx264" not in av.codecs_available:
         sys.exit(f"error: this PyAV ({av.__version__}) was built without the libx264 encoder; "
                  "install PyAV's binary wheel (pip install av), which includes it")
-    try:
-        rels = list_videos(args.src, args.anno)
+    try:  # (path, label) of the annotation list, or every video under --src
+        samples = read_annotation(args.anno, args.src) if args.anno else None
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    rels = [os.path.relpath(p, args.src) for p, _ in samples] if samples else list_videos(args.src)
     targets = new_paths(rels)
     kw = dict(short_side=args.short_side, gop=args.gop, crf=args.crf, preset=args.preset,
               tune=args.tune)
-    jobs = [(os.path.join(args.src, r), os.path.join(args.dst, t), kw) for r, t in zip(rels, targets)]
+    jobs = [(os.path.join(args.src, r), os.path.join(args.dst, t), kw)
+            for r, t in zip(rels, targets)]
     failed = set()
-    with ProcessPoolExecutor(args.workers) if args.workers > 1 else _Serial() as pool:
-        for i, (src, dst, status, info) in enumerate(pool.map(_job, jobs), 1):
+    pool = ProcessPoolExecutor(args.workers) if args.workers > 1 else contextlib.nullcontext()
+    with pool:
+        results = (pool.map if args.workers > 1 else map)(_job, jobs)  # in input order
+        for i, (src, dst, status, info) in enumerate(results, 1):
             print(f"[{i}/{len(jobs)}] {status}: {src} -> {dst}" + (f" ({info})" if info else ""))
             if status == "failed":
                 failed.add(src)
     if args.out_anno:
         with open(args.out_anno, "w") as out:
             kept = 0
-            for (path, label), target in zip(read_annotation(args.anno, args.src), targets):
+            for (path, label), target in zip(samples, targets):
                 if path not in failed:
                     out.write(f"{target} {label}\n")
                     kept += 1
@@ -165,19 +167,6 @@ def main(args):
     print(f"{len(jobs) - len(failed)} of {len(jobs)} videos in {args.dst}; {len(failed)} could "
           f"not be decoded and were left out")
     return failed
-
-
-class _Serial:
-    """``map`` in this process (``--workers 1``), with the executor's context protocol."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, fn, items):
-        return map(fn, items)
 
 
 if __name__ == "__main__":
