@@ -74,6 +74,9 @@ def load_checkpoint(path):
         ValueError: the file is not a tensors-only checkpoint (would need to run code) or is
             not a checkpoint at all.
     """
+    if str(path).lower().endswith((".h5", ".hdf5")):  # the TF/Keras port's weights, via h5py
+        from keras_interop import load_keras_weights
+        return load_keras_weights(path)  # already in the canonical layout
     path = checkpoint_file(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file

@@ -1,5 +1,6 @@
 """Convert checkpoints between ours (VideoMAE / MVD / MMKD layouts) and Hugging Face
-``transformers`` VideoMAE, or report what a checkpoint is.
+``transformers`` VideoMAE, import the TF/Keras port's ``.h5`` weights, or report what a
+checkpoint is.
 
     # ours -> transformers (a fine-tuned classifier -> VideoMAEForVideoClassification;
     # a pre-training checkpoint with decoder -> VideoMAEForPreTraining; else VideoMAEModel)
@@ -7,11 +8,13 @@
         --model vit_small_patch16_224 --nb_classes 400 --output_dir hf_vit_small_k400/
     # transformers directory -> ours ({'model': state_dict} for --finetune / --path_t)
     python tools/convert_checkpoint.py from-hf --hf_dir hf_vit_small_k400/ --output ours.pth
+    # TF/Keras port (innat/VideoMAE) legacy .h5 weights -> ours, same wrapper
+    python tools/convert_checkpoint.py from-keras --h5 TFVideoMAE_S_16x224_FT.h5 --output ours.pth
     # which layout a file or directory has
     python tools/convert_checkpoint.py inspect some_checkpoint.pth
 
 Checkpoints may be any layout ``checkpoint.load_pretrained`` reads (``model`` / ``module`` /
-DeepSpeed wrappers, ``encoder.`` prefixes, Hugging Face names).
+DeepSpeed wrappers, ``encoder.`` prefixes, Hugging Face names, the Keras port's ``.h5`` files).
 """
 import argparse
 import json
@@ -20,9 +23,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoint import (checkpoint_filter_fn, checkpoint_kind, load_checkpoint,  # noqa: E402
-                        load_weights, save_checkpoint, unwrap_state_dict)
+from checkpoint import (canonical_state_dict, checkpoint_filter_fn, checkpoint_kind,  # noqa: E402
+                        load_checkpoint, load_weights, save_checkpoint, unwrap_state_dict)
 from hf_interop import export_to_hf, from_hf  # noqa: E402
+from keras_interop import load_keras_weights  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
 
 
@@ -44,6 +48,9 @@ def get_args_parser():
     frm = sub.add_parser("from-hf", help="transformers directory -> ours")
     frm.add_argument("--hf_dir", required=True)
     frm.add_argument("--output", required=True)
+    krs = sub.add_parser("from-keras", help="TF/Keras port .h5 weights -> ours (no TensorFlow)")
+    krs.add_argument("--h5", required=True, help="legacy Keras save_weights file of innat/VideoMAE")
+    krs.add_argument("--output", required=True)
     ins = sub.add_parser("inspect", help="print a checkpoint's layout")
     ins.add_argument("checkpoint")
     return p
@@ -75,6 +82,13 @@ def main(argv=None):
                 id2label = dict(enumerate(line.strip() for line in f if line.strip()))
         hf = export_to_hf(build_ours(args), args.output_dir, id2label)
         print(f"wrote {type(hf).__name__} to {args.output_dir}")
+    elif args.command == "from-keras":
+        state = load_keras_weights(args.h5)
+        save_checkpoint(args.output, {"model": state})
+        kind, canonical = canonical_state_dict(state)
+        blocks = {k.split(".")[1] for k in canonical if k.startswith("blocks.")}
+        print(f"wrote {kind} weights ({len(state)} tensors, {len(blocks)} encoder blocks) to "
+              f"{args.output}")
     else:
         model, config = from_hf(args.hf_dir)
         save_checkpoint(args.output, {"model": model.state_dict(),
