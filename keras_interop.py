@@ -17,8 +17,9 @@ second LayerNorm are ``norm1`` / ``norm2``, the four Dense layers are ``attn.qkv
 ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``, and ``q_bias*`` / ``v_bias*`` are the attention's
 biases. The ``dense_N`` / ``layer_normalization_N`` / ``q_bias_idN`` suffixes are Keras'
 process-wide counters, different in every file, and never looked at. The port's q/v biases are
-created outside any name scope, so in a pre-training file (one group for the whole encoder) they
-belong to the block of the weights around them. Kernels: Dense ``(in, out)`` -> Linear
+created outside any name scope (and listed after the attention's Dense weights, a
+``keras.Model`` listing its sub-layers' weights first), so in a pre-training file (one group for
+the whole encoder) they belong to the block of the weights around them. Kernels: Dense ``(in, out)`` -> Linear
 ``(out, in)``; Conv3D ``(kt, kh, kw, in, out)`` -> ``(out, in, kt, kh, kw)``. The port takes
 clips as ``(B, T, H, W, C)``; its tokens are ordered ``(t, h, w)`` like ours, and its position
 tables are VideoMAE's fixed 1-D sinusoid ones (not stored).
@@ -120,7 +121,7 @@ def read_keras_h5(path):
 def _assign_qv_biases(weights, path):
     """Put each q/v bias stored without a block in its path into the block of the weights
     before and after it in its group (the port creates them outside any name scope)."""
-    for i, w in enumerate(weights):
+    for w in weights:
         if w.block is not None or not _QV_BIAS.fullmatch(w.leaf):
             continue
         same = [v for v in weights if v.group == w.group]
@@ -250,7 +251,8 @@ def keras_to_ours(weights, path):
     pretrain = kinds != {""}
     arrays, unknown = {}, []
     for (kind, index), ws in sorted(blocks.items()):
-        arrays.update(_block(path, f"TFBlock{kind}{index}", f"{_BLOCK_PREFIX[kind]}.{index - 1}", ws))
+        prefix = f"{_BLOCK_PREFIX[kind]}.{index - 1}"  # Keras counts blocks from 1
+        arrays.update(_block(path, f"TFBlock{kind}{index}", prefix, ws))
     for w in weights:
         if w.block:
             continue
@@ -270,7 +272,7 @@ def keras_to_ours(weights, path):
         kernel = arrays[key]
         if kernel.ndim != 5:
             raise ValueError(f"Keras weight file {path!r}: patch_embed_proj kernel has shape "
-                             f"{tuple(kernel.shape)}, expected a Conv3D kernel (kt, kh, kw, in, out)")
+                             f"{tuple(kernel.shape)}, expected Conv3D's (kt, kh, kw, in, out)")
         arrays[key] = kernel.transpose(4, 3, 0, 1, 2)  # (out, in, kt, kh, kw)
     for name in ("head", "encoder_to_decoder", "decoder.head"):
         if f"{name}.weight" in arrays:

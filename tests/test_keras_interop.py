@@ -4,9 +4,10 @@ bytes or str and chunked, nested dataset paths, shuffled ``dense_N`` counters, D
 and ``(in, out)`` Dense kernels, separate q/v biases) convert, load strictly, and give the
 outputs of a NumPy forward written here from the Keras layout (clips ``(B, T, H, W, C)``).
 
-Max abs differences measured (our float32 model vs the float64 NumPy forward, CPU): classifier
-logits 3e-7 and pixel predictions 1.3e-6 (embed 64, 2 blocks, 32 tokens); tiny-size
-classifier loaded through ``--finetune`` 7e-7.
+Max abs differences measured (our float32 model vs the float64 NumPy forward, CPU, printed by
+``pytest -s``): classifier logits 3.5e-7 and pixel predictions 1.3e-6 (width 64, 2 blocks, 32
+tokens); ViT-tiny size (12 blocks) through ``--finetune``: logits 1.1e-6; through ``--path_t``:
+teacher tokens (before any norm, magnitudes in the tens) 1.3e-5.
 """
 import math
 import re
@@ -54,7 +55,8 @@ def _block_params(rng, dim):
 def keras_params(seed, dim, depth, classes=None, dec_dim=None, dec_depth=0, patch=8, tubelet=2):
     """Random weights in the Keras layout: Conv3D kernel (kt, kh, kw, in, out), Dense (in, out)."""
     rng = np.random.default_rng(seed)
-    p = dict(patch=(_rand(rng, tubelet, patch, patch, 3, dim, scale=0.05), _rand(rng, dim, scale=0.1)),
+    p = dict(patch=(_rand(rng, tubelet, patch, patch, 3, dim, scale=0.05),
+                    _rand(rng, dim, scale=0.1)),
              blocks=[_block_params(rng, dim) for _ in range(depth)])
     if classes:
         p.update(fc_norm=_norm(rng, dim), head=(_rand(rng, dim, classes, scale=dim ** -0.5),
@@ -65,7 +67,8 @@ def keras_params(seed, dim, depth, classes=None, dec_dim=None, dec_depth=0, patc
                  mask_token=_rand(rng, 1, 1, dec_dim, scale=0.5),
                  dec_blocks=[_block_params(rng, dec_dim) for _ in range(dec_depth)],
                  dec_norm=_norm(rng, dec_dim),
-                 dec_head=(_rand(rng, dec_dim, out, scale=dec_dim ** -0.5), _rand(rng, out, scale=0.1)))
+                 dec_head=(_rand(rng, dec_dim, out, scale=dec_dim ** -0.5),
+                           _rand(rng, out, scale=0.1)))
     return p
 
 
@@ -157,37 +160,40 @@ class Counters:
         return f"{prefix}_{n}" if n else prefix
 
 
+def dense(layer, kernel_bias):
+    return [(f"{layer}/kernel:0", kernel_bias[0]), (f"{layer}/bias:0", kernel_bias[1])]
+
+
+def norm(layer, gamma_beta):
+    return [(f"{layer}/gamma:0", gamma_beta[0]), (f"{layer}/beta:0", gamma_beta[1])]
+
+
 def block_weights(p, scope, block, attn, names, scoped_bias):
-    """One TFBlock's ``(weight name, value)`` in Keras' tracking order."""
+    """One TFBlock's ``(weight name, value)`` in Keras' order: a ``keras.Model`` (TFBlock,
+    TFAttention) lists its sub-layers' weights before its own (the q/v biases)."""
     s = f"{scope}{block}/"
     ln1, ln2, mlp = names("layer_normalization"), names("layer_normalization"), names("tf_mlp")
     qkv, proj, fc1, fc2 = (names("dense") for _ in range(4))
     bias_scope = f"{s}{attn}/" if scoped_bias else ""  # the port adds them outside any scope
-    return [(f"{s}{ln1}/gamma:0", p["norm1"][0]), (f"{s}{ln1}/beta:0", p["norm1"][1]),
-            (f"{bias_scope}q_bias_id{names.uid('q_bias') + 1}:0", p["q_bias"]),
-            (f"{bias_scope}v_bias_id{names.uid('v_bias') + 1}:0", p["v_bias"]),
-            (f"{s}{attn}/{qkv}/kernel:0", p["qkv"]),
-            (f"{s}{attn}/{proj}/kernel:0", p["proj"][0]), (f"{s}{attn}/{proj}/bias:0", p["proj"][1]),
-            (f"{s}{ln2}/gamma:0", p["norm2"][0]), (f"{s}{ln2}/beta:0", p["norm2"][1]),
-            (f"{s}{mlp}/{fc1}/kernel:0", p["fc1"][0]), (f"{s}{mlp}/{fc1}/bias:0", p["fc1"][1]),
-            (f"{s}{mlp}/{fc2}/kernel:0", p["fc2"][0]), (f"{s}{mlp}/{fc2}/bias:0", p["fc2"][1])]
+    return (norm(s + ln1, p["norm1"]) + [(f"{s}{attn}/{qkv}/kernel:0", p["qkv"])]
+            + dense(f"{s}{attn}/{proj}", p["proj"])
+            + [(f"{bias_scope}q_bias_id{names.uid('q_bias') + 1}:0", p["q_bias"]),
+               (f"{bias_scope}v_bias_id{names.uid('v_bias') + 1}:0", p["v_bias"])]
+            + norm(s + ln2, p["norm2"])
+            + dense(f"{s}{mlp}/{fc1}", p["fc1"]) + dense(f"{s}{mlp}/{fc2}", p["fc2"]))
 
 
 def finetune_layers(p, seed=0, prefix="", scoped_bias=False):
     """``model.layers`` of the port's TFVisionTransformer with their weights, and the
     model's own (top-level) weights."""
-    names, scope = Counters(seed), prefix
-    layers = [("patch_embed", [(f"{scope}patch_embed/patch_embed_proj/kernel:0", p["patch"][0]),
-                               (f"{scope}patch_embed/patch_embed_proj/bias:0", p["patch"][1])]),
+    names = Counters(seed)
+    layers = [("patch_embed", dense(f"{prefix}patch_embed/patch_embed_proj", p["patch"])),
               ("pos_drop", [])]
-    layers += [(f"TFBlock{i + 1}", block_weights(blk, scope, f"TFBlock{i + 1}", f"TFAttention{i + 1}",
-                                                 names, scoped_bias))
-               for i, blk in enumerate(p["blocks"])]
-    layers += [("norm_identity", []),
-               ("fc_norm", [(f"{scope}fc_norm/gamma:0", p["fc_norm"][0]),
-                            (f"{scope}fc_norm/beta:0", p["fc_norm"][1])]),
-               ("fc_dropout_identity", []),
-               ("head", [(f"{scope}head/kernel:0", p["head"][0]), (f"{scope}head/bias:0", p["head"][1])])]
+    layers += [(f"TFBlock{i}", block_weights(blk, prefix, f"TFBlock{i}", f"TFAttention{i}", names,
+                                             scoped_bias))
+               for i, blk in enumerate(p["blocks"], start=1)]
+    layers += [("norm_identity", []), ("fc_norm", norm(f"{prefix}fc_norm", p["fc_norm"])),
+               ("fc_dropout_identity", []), ("head", dense(f"{prefix}head", p["head"]))]
     return layers, []
 
 
@@ -195,21 +201,19 @@ def pretrain_layers(p, seed=0, prefix="", scoped_bias=False):
     """``model.layers`` of the port's TFPretrainVisionTransformer (encoder, decoder,
     encoder_to_decoder) and its own weight, the mask token."""
     names = Counters(seed)
-    enc, dec = f"{prefix}TFPretrainVisionTransformerEncoder/", f"{prefix}TFPretrainVisionTransformerDecoder/"
-    encoder = [(f"{enc}patch_embed_encoder/patch_embed_proj/kernel:0", p["patch"][0]),
-               (f"{enc}patch_embed_encoder/patch_embed_proj/bias:0", p["patch"][1])]
-    for i, blk in enumerate(p["blocks"]):
-        encoder += block_weights(blk, enc, f"TFBlockEncoder{i + 1}", f"TFAttentionEncoder{i + 1}",
-                                 names, scoped_bias)
-    encoder += [(f"{enc}norm_encoder/gamma:0", p["norm"][0]), (f"{enc}norm_encoder/beta:0", p["norm"][1])]
+    enc = f"{prefix}TFPretrainVisionTransformerEncoder/"
+    dec = f"{prefix}TFPretrainVisionTransformerDecoder/"
+    encoder = dense(f"{enc}patch_embed_encoder/patch_embed_proj", p["patch"])
+    for i, blk in enumerate(p["blocks"], start=1):
+        encoder += block_weights(blk, enc, f"TFBlockEncoder{i}", f"TFAttentionEncoder{i}", names,
+                                 scoped_bias)
+    encoder += norm(f"{enc}norm_encoder", p["norm"])
     decoder = []
-    for i, blk in enumerate(p["dec_blocks"]):
-        decoder += block_weights(blk, dec, f"TFBlockDecoder{i + 1}", f"TFAttentionDecoder{i + 1}",
-                                 names, scoped_bias)
-    decoder += [(f"{dec}norm_decoder/gamma:0", p["dec_norm"][0]),
-                (f"{dec}norm_decoder/beta:0", p["dec_norm"][1]),
-                (f"{dec}head_decoder/kernel:0", p["dec_head"][0]),
-                (f"{dec}head_decoder/bias:0", p["dec_head"][1])]
+    for i, blk in enumerate(p["dec_blocks"], start=1):
+        decoder += block_weights(blk, dec, f"TFBlockDecoder{i}", f"TFAttentionDecoder{i}", names,
+                                 scoped_bias)
+    decoder += norm(f"{dec}norm_decoder", p["dec_norm"])
+    decoder += dense(f"{dec}head_decoder", p["dec_head"])
     layers = [("TFPretrainVisionTransformerEncoder", encoder),
               ("TFPretrainVisionTransformerDecoder", decoder),
               ("encoder_to_decoder", [(f"{prefix}encoder_to_decoder/kernel:0", p["e2d"])])]
@@ -223,7 +227,8 @@ def _put_names(node, key, names, as_str, chunks):
         node.attrs[key] = []
         return
     parts = [names[i[0]:i[-1] + 1] for i in np.array_split(np.arange(len(names)), chunks) if len(i)]
-    values = [list(part) if as_str else np.asarray([n.encode("utf8") for n in part]) for part in parts]
+    values = [list(part) if as_str else np.asarray([n.encode("utf8") for n in part])
+              for part in parts]
     if len(values) == 1:
         node.attrs[key] = values[0]
     else:
@@ -256,9 +261,8 @@ def our_classifier(s=SMALL):
 
 
 def our_pretrainer(s=SMALL):
-    return PretrainVisionTransformer(dict(embed_dim=s["dim"], depth=s["depth"], num_heads=s["heads"],
-                                          **GEOMETRY), s["dec_depth"], s["dec_dim"],
-                                     s["dec_heads"]).eval()
+    encoder = dict(embed_dim=s["dim"], depth=s["depth"], num_heads=s["heads"], **GEOMETRY)
+    return PretrainVisionTransformer(encoder, s["dec_depth"], s["dec_dim"], s["dec_heads"]).eval()
 
 
 def clip_and_mask(b=2, t=4, size=32, n=32, hidden=24, seed=3):
