@@ -72,7 +72,7 @@ def _names(node, name, path):
     bad = [v for v in names if not isinstance(v, str)]
     if bad:
         raise ValueError(f"Keras weight file {path!r}: attribute {name!r} of {node.name!r} holds "
-                         f"{bad[0]!r}, not a name")
+                         f"a {type(bad[0]).__name__} ({bad[0]}), not a name")
     return names
 
 

@@ -236,9 +236,15 @@ def _put_names(node, key, names, as_str, chunks):
             node.attrs[f"{key}{i}"] = v
 
 
-def write_h5(path, layers, top_level, as_str=False, chunks=1):
-    """A legacy Keras-2 weight file. ``as_str``: True, False or 'mixed' (by group)."""
-    with h5py.File(path, "w") as f:
+def write_h5(path, layers, top_level, as_str=False, chunks=1, whole_model=False):
+    """A legacy Keras-2 weight file (``save_weights``; with ``whole_model`` as ``save`` writes
+    it: under ``model_weights``, beside an optimizer group). ``as_str``: True, False or
+    'mixed' (by group)."""
+    with h5py.File(path, "w") as root:
+        f = root
+        if whole_model:
+            root.create_group("optimizer_weights").create_dataset("iter:0", data=np.int64(3))
+            f = root.create_group("model_weights")
         _put_names(f, "layer_names", [name for name, _ in layers], as_str is True, chunks)
         f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.9.1"
         groups = sorted(layers) + [("top_level_model_weights", top_level)]
@@ -407,6 +413,14 @@ def test_path_t_and_finetune_read_a_pretraining_h5_file(tmp_path):
                                torch.from_numpy(p["blocks"][11]["qkv"].T.copy()))
 
 
+def test_whole_model_h5_reads_its_model_weights(tmp_path):
+    p = keras_params(8, 64, 2, classes=5)
+    plain = load_keras_weights(write_h5(str(tmp_path / "w.h5"), *finetune_layers(p)))
+    whole = load_keras_weights(write_h5(str(tmp_path / "m.h5"), *finetune_layers(p),
+                                        whole_model=True))
+    assert plain.keys() == whole.keys() and all(torch.equal(plain[k], whole[k]) for k in plain)
+
+
 def test_converter_writes_and_inspects_h5_weights(tmp_path, capsys):
     s = SMALL
     p = keras_params(6, s["dim"], s["depth"], dec_dim=s["dec_dim"], dec_depth=s["dec_depth"])
@@ -465,12 +479,16 @@ def test_file_errors_are_one_line(tmp_path):
     plain = str(tmp_path / "plain.hdf5")
     with h5py.File(plain, "w") as f:
         f["x"] = np.zeros(3)
+    numbers = str(tmp_path / "numbers.h5")
+    with h5py.File(numbers, "w") as f:
+        f.attrs["layer_names"] = [1.0, 2.0]
     listed = str(tmp_path / "listed.h5")
     with h5py.File(listed, "w") as f:
         f.attrs["layer_names"] = [b"head"]
         f.create_group("head").attrs["weight_names"] = [b"head/kernel:0"]
     for path, message in ((str(text), "is not an HDF5 file"),
                           (plain, "is HDF5 but not a Keras weight file (no 'layer_names'"),
+                          (numbers, "attribute 'layer_names' of '/' holds a float64 (1.0), not a name"),
                           (listed, "layer 'head' lists the weight 'head/kernel:0', which is not "
                                    "a numeric dataset")):
         with pytest.raises(ValueError) as e:
