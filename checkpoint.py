@@ -118,12 +118,15 @@ def _load_safetensors(path):
 
 def _load_torch(path):
     try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise ValueError(f"cannot read checkpoint {path!r}: {e.strerror or e}") from None
+    try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
-    except OSError as e:
-        raise ValueError(f"cannot read checkpoint {path!r}: {e.strerror or _one_line(e)}") from None
     except Exception as e:  # whatever the safe unpickler meets in a bad file: one line
         refused = _refused_globals(path, e)
         if refused:
@@ -132,7 +135,7 @@ def _load_torch(path):
                 f"weights_only=True) refuses because unpickling them could run code: "
                 f"{', '.join(refused)}. If you trust the file, re-save its weights as tensors "
                 f"only: python {RESAVE_TOOL} {path} {_resaved_name(path)}", refused) from None
-        raise ValueError(f"{path!r} is not a checkpoint: it is {_describe_file(path, e)}; "
+        raise ValueError(f"{path!r} is not a checkpoint: it is {_describe_file(head, e)}; "
                          f"expected {EXPECTED_FILES}") from None
 
 
@@ -173,10 +176,9 @@ def _resaved_name(path):
     return f"{root}_tensors{ext or '.pth'}"
 
 
-def _describe_file(path, e):
-    """What a file that ``torch.load`` could not read looks like, for the message."""
-    with open(path, "rb") as f:
-        head = f.read(64)
+def _describe_file(head, e):
+    """What a file that ``torch.load`` could not read looks like (``head``: its first
+    bytes), for the message."""
     if not head:
         return "empty"
     if head.startswith(b"PK"):

@@ -213,7 +213,10 @@ def main(args):
 
     resume = args.resume or (latest_checkpoint(args.output_dir) if args.auto_resume else None)
     if resume:
-        ckpt = load_checkpoint(resume)
+        try:
+            ckpt = load_checkpoint(resume)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: {e}")
         args.pos_embed = adopt_position_table(raw, ckpt, resume)
         raw.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
