@@ -94,6 +94,15 @@ def _hf_class(model):
     return t.VideoMAEModel
 
 
+def check_position_table(model):
+    """Raise ValueError (one line, naming ``--pos_embed``) when ``model`` uses MVD's 3-D
+    sin-cos position table, which transformers' VideoMAE cannot express."""
+    if _encoder_of(model).pos_embed_type == "sincos_3d":
+        raise ValueError("the model uses the MVD 3-D sin-cos position table (--pos_embed "
+                         "sincos_3d); transformers' VideoMAE has only the 1-D sinusoid table, so "
+                         "it cannot be exported without changing its outputs")
+
+
 def to_hf(model, id2label=None):
     """Our model as the matching transformers model (eval mode) with the same weights.
 
@@ -107,10 +116,7 @@ def to_hf(model, id2label=None):
             fixed 1-D one), or any key the transformers model does not take exactly (all
             listed).
     """
-    if _encoder_of(model).pos_embed_type == "sincos_3d":
-        raise ValueError("the model uses the MVD 3-D sin-cos position table (--pos_embed "
-                         "sincos_3d); transformers' VideoMAE has only the 1-D sinusoid table, so "
-                         "it cannot be exported without changing its outputs")
+    check_position_table(model)
     cls = _hf_class(model)
     _, state = canonical_state_dict(model.state_dict())
     if "pos_embed" in state:

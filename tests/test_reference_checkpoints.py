@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import extract_features
-import model_factory
 import run_class_finetuning as rcf
 import run_mmkd_pretraining as rmp
 from checkpoint import UnsafeCheckpointError, load_checkpoint
@@ -18,6 +17,8 @@ from conftest import VIDEOS
 from optim_factory import build_optimizer
 from tools import convert_checkpoint, resave_checkpoint
 
+# loading does not depend on depth; every entry point builds its models before it reads a file
+pytestmark = pytest.mark.usefixtures("two_block_tiny")
 CLIPS = ["arm_wrestling_demo.mp4", "flipping_a_pancake.mkv"]
 TINY_FT = ["--model", "vit_tiny_patch16_224", "--data_set", "UCF101", "--nb_classes", "3",
            "--data_root", VIDEOS, "--input_size", "32", "--short_side_size", "32",
@@ -55,15 +56,6 @@ def _stepped(model, optimizer):
     optimizer.step()
     optimizer.zero_grad()
     return optimizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_block_tiny():
-    """Every model of this module with 2 blocks instead of 12: loading does not depend on
-    depth, and each entry point builds its models before it reads the checkpoint."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(model_factory.ARCHS, "tiny", dict(model_factory.ARCHS["tiny"], depth=2))
-        yield
 
 
 @pytest.fixture(scope="module")

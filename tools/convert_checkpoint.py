@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoint import (adopt_position_table, checkpoint_filter_fn, checkpoint_kind,  # noqa: E402
                         load_checkpoint, load_weights, save_checkpoint, unwrap_state_dict)
-from hf_interop import export_to_hf, from_hf  # noqa: E402
+from hf_interop import check_position_table, export_to_hf, from_hf  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
 from modeling_encoder import POS_EMBED_TABLES  # noqa: E402
 
@@ -64,6 +64,7 @@ def build_ours(args):
         model = create_student(args.model, decoder_depth=args.decoder_depth, **geometry)
     ckpt = load_checkpoint(args.checkpoint)
     adopt_position_table(model, ckpt, args.checkpoint)
+    check_position_table(model)  # before the keys: an MVD file fails for its table first
     state = checkpoint_filter_fn(ckpt, model)
     state = {k: v for k, v in state.items() if not k.startswith("projector.")}
     load_weights(model, state, args.checkpoint)
