@@ -1,5 +1,8 @@
 """Checkpoints: atomic saving, safe loading (``weights_only=True``: a checkpoint never runs
-code), auto-resume, and loading weights from every checkpoint layout users have.
+code; the reference scripts' pickled ``argparse.Namespace`` is the one object allowed besides
+tensors), auto-resume, and loading weights from every checkpoint layout users have, with the
+position table they were trained with (VideoMAE's 1-D or MVD's 3-D table, recognised when
+stored, or recorded in our ``args``; :func:`adopt_position_table`).
 
 Layouts (``checkpoint_kind``): ours and VideoMAE / MVD / MMKD pre-training (``encoder.*`` keys
 plus decoder / projector), fine-tuned classifiers (``blocks.*``, ``fc_norm``, ``head``), bare

@@ -62,8 +62,8 @@ def sincos_3d_table(grid, dim):
         ValueError: ``dim`` is not a multiple of 16.
     """
     if dim % 16:
-        raise ValueError(f"the 3-D sin-cos position table needs a width divisible by 16, "
-                         f"got {dim}")
+        raise ValueError(f"--pos_embed sincos_3d: the 3-D sin-cos position table needs a "
+                         f"width divisible by 16, got {dim}")
     tt, hh, ww = (a.ravel() for a in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
     spatial = 3 * dim // 8  # channels of w, then as many of h
     table = np.concatenate([_sincos_halves(tt, dim // 4), _sincos_halves(ww, spatial),

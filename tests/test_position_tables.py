@@ -73,7 +73,9 @@ def mvd_finetuned_state(seed=0):
 def mvd_forward(sd, x, table):
     """MVD's fine-tuned classifier written out: tubelet conv, + the 3-D table, pre-norm blocks
     (q/v biases, softmax attention, GELU MLP, LayerNorm eps 1e-6), mean pool, fc_norm, head."""
-    ln = lambda z, name: F.layer_norm(z, (DIM,), sd[name + ".weight"], sd[name + ".bias"], 1e-6)  # noqa: E731
+    def ln(z, name):
+        return F.layer_norm(z, (DIM,), sd[name + ".weight"], sd[name + ".bias"], 1e-6)
+
     z = F.conv3d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=(2, 16, 16))
     z = z.flatten(2).transpose(1, 2) + table  # [B, N, D]
     b, n, _ = z.shape
@@ -96,9 +98,9 @@ def mvd_finetuned(tmp_path_factory):
     about the table) and the expected logits of a clip."""
     sd = mvd_finetuned_state()
     path = str(tmp_path_factory.mktemp("mvd") / "mvd_vit_tiny_finetuned.pth")
+    args = argparse.Namespace(model="vit_tiny_patch16_224", nb_classes=CLASSES)
     torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 29,
-                "scaler": {"scale": 1024.0}, "args": argparse.Namespace(model="vit_tiny_patch16_224",
-                                                                        nb_classes=CLASSES)}, path)
+                "scaler": {"scale": 1024.0}, "args": args}, path)
     x = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = mvd_forward(sd, x, loop_3d_table(2, 2, 2, DIM))
@@ -219,7 +221,8 @@ def test_every_script_takes_the_flag():
 
 def test_hf_export_of_a_3d_model_is_a_one_line_error(mvd_finetuned, tmp_path):
     with pytest.raises(ValueError) as e:
-        to_hf(create_classifier("vit_tiny_patch16_224", num_classes=2, pos_embed="sincos_3d", **GEOM))
+        to_hf(create_classifier("vit_tiny_patch16_224", num_classes=2, pos_embed="sincos_3d",
+                                **GEOM))
     assert "--pos_embed sincos_3d" in str(e.value) and "\n" not in str(e.value)
     path = str(tmp_path / "mvd_pretrain.pth")  # the converter: the table comes from the file
     torch.save({"model": _mvd_pretraining_state(sincos_3d_table((2, 2, 2), DIM))}, path)

@@ -78,8 +78,9 @@ def files(tmp_path_factory, two_block_tiny):
     student, teacher = rmp.build_models(pt_args)
     rmp.resolve_args(pt_args, student, teacher)
     pt_opt = _stepped(student, build_optimizer(student, pt_args))
-    paths = {name: str(d / f"{name}.pth") for name in
-             ("finetune", "pretrain", "evil_finetune", "evil_pretrain", "text", "empty", "truncated")}
+    names = ("finetune", "pretrain", "evil_finetune", "evil_pretrain", "text", "empty",
+             "truncated")
+    paths = {name: str(d / f"{name}.pth") for name in names}
     save_model(paths["finetune"], clf, ft_opt, 0, argparse.Namespace(**vars(ft_args)))
     save_model(paths["pretrain"], student, pt_opt, 0, argparse.Namespace(**vars(pt_args)))
     save_model(paths["evil_finetune"], clf, ft_opt, 0,
@@ -119,7 +120,8 @@ def test_reference_files_are_what_save_model_writes(files):
     assert isinstance(raw["args"], argparse.Namespace) and raw["scaler"]["scale"] == 65536.0
     assert raw["optimizer"]["state"]  # tensors of a stepped optimizer
     ckpt = load_checkpoint(files["paths"]["finetune"])  # weights_only=True, Namespace allowed
-    assert isinstance(ckpt["args"], argparse.Namespace) and ckpt["args"].model == "vit_tiny_patch16_224"
+    assert isinstance(ckpt["args"], argparse.Namespace)
+    assert ckpt["args"].model == "vit_tiny_patch16_224"
     with pytest.raises(pickle.UnpicklingError):  # allowed inside our loads, not process-wide
         torch.load(files["paths"]["finetune"], weights_only=True)
 
@@ -181,8 +183,13 @@ def test_converter_and_extract_features_load_reference_files(files, capsys):
 def _entry_points(files, tmp_path):
     """Each entry point as ``fn(path)`` running the user's command on ``path``."""
     out = str(tmp_path / "out")
-    ft = lambda *a: rcf.main(rcf.get_args_parser().parse_args(_ft_argv(files, *a, "--output_dir", out)))  # noqa: E731
-    pt = lambda *a: rmp.main(rmp.get_args_parser().parse_args(_pt_argv(files, *a, "--output_dir", out)))  # noqa: E731
+
+    def ft(*flags):
+        rcf.main(rcf.get_args_parser().parse_args(_ft_argv(files, *flags, "--output_dir", out)))
+
+    def pt(*flags):
+        rmp.main(rmp.get_args_parser().parse_args(_pt_argv(files, *flags, "--output_dir", out)))
+
     return {
         "--path_t": lambda p: pt("--path_t", p),
         "--finetune": lambda p: ft("--finetune", p),
@@ -244,8 +251,8 @@ def test_resave_tool_makes_a_trusted_file_load_safely(files, tmp_path):
     with pytest.raises(UnsafeCheckpointError) as e:
         load_checkpoint(src)
     assert e.value.refused == ["posixpath.join"]
-    assert f"python tools/resave_checkpoint.py {src} {tmp_path / 'trusted_tensors.pth'}" in str(e.value)
     dst = str(tmp_path / "trusted_tensors.pth")
+    assert f"python tools/resave_checkpoint.py {src} {dst}" in str(e.value)
     resave_checkpoint.main([src, dst])
     out = load_checkpoint(dst)
     assert sorted(out) == ["args", "epoch", "model"] and out["epoch"] == 3
