@@ -194,6 +194,7 @@ def _describe_file(head, e):
         if u.start < len(head) - 3:
             return f"binary data starting with {head[:16]!r}"
         text = head[:u.start].decode("utf-8")
+    text = text.lstrip("\ufeff")  # a byte-order mark
     if all(c.isprintable() or c.isspace() for c in text):
         return f"a text file starting with {text.strip()[:40]!r}"
     return f"binary data starting with {head[:16]!r}"
