@@ -1,5 +1,8 @@
 """Checkpoints: atomic saving, safe loading (``weights_only=True``: a checkpoint never runs
-code), auto-resume, and loading weights from every checkpoint layout users have.
+code; the reference scripts' pickled ``argparse.Namespace`` is the one object allowed besides
+tensors), auto-resume, and loading weights from every checkpoint layout users have, with the
+position table they were trained with (VideoMAE's 1-D or MVD's 3-D table, recognised when
+stored, or recorded in our ``args``; :func:`adopt_position_table`).
 
 Layouts (``checkpoint_kind``): ours and VideoMAE / MVD / MMKD pre-training (``encoder.*`` keys
 plus decoder / projector), fine-tuned classifiers (``blocks.*``, ``fc_norm``, ``head``), bare
@@ -14,15 +17,16 @@ at the top) -> the target model's keys. The Hugging Face name table and its inve
 (:func:`hf_to_ours`, :func:`ours_to_hf`) live here too; ``hf_interop.py`` builds the
 ``transformers`` configs and models around them.
 """
+import argparse
 import glob
 import os
-import pickle
 import re
 
 import torch
 import torch.nn.functional as F
 
-from modeling_encoder import VideoViTEncoder, sinusoid_table
+from modeling_encoder import (POS_EMBED_TABLES, VideoViTEncoder, sincos_3d_table,
+                              sinusoid_table)
 
 
 def save_checkpoint(path, state):
@@ -65,27 +69,138 @@ def checkpoint_file(path):
                             f"(sharded Hugging Face weights are not supported)")
 
 
+# Globals a checkpoint may hold beyond torch's tensors-only defaults. VideoMAE's, MVD's and
+# MMKD's ``save_model`` pickle the run's ``argparse.Namespace`` as ``args``: a plain attribute
+# container whose unpickling calls no code. Allowed only inside our own loads (a context
+# manager), never process-wide.
+SAFE_GLOBALS = (argparse.Namespace,)
+RESAVE_TOOL = "tools/resave_checkpoint.py"
+# What a weight file may be, for messages about files that are none of it.
+EXPECTED_FILES = ("a torch.save checkpoint (zip archive or legacy pickle), a .safetensors file, "
+                  "or a Hugging Face / DeepSpeed directory")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that holds globals safe loading refuses (``refused``: their names)."""
+
+    def __init__(self, message, refused):
+        super().__init__(message)
+        self.refused = refused
+
+
 def load_checkpoint(path):
     """Load a checkpoint file or directory (see :func:`checkpoint_file`) on the CPU:
-    ``.safetensors`` with safetensors, anything else with ``torch.load(weights_only=True)``.
+    ``.safetensors`` with safetensors, anything else with ``torch.load(weights_only=True)``
+    with :data:`SAFE_GLOBALS` (``argparse.Namespace``) allowed, so the files the VideoMAE,
+    MVD and MMKD training scripts write load as they are, and nothing in a file runs code.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a tensors-only checkpoint (would need to run code) or is
-            not a checkpoint at all.
+        UnsafeCheckpointError: (a ValueError) one line naming the file and the globals safe
+            loading refuses, with the command that re-saves a trusted file as tensors only
+            (:data:`RESAVE_TOOL`).
+        ValueError: one line naming the file when it is not a checkpoint at all (text,
+            empty, truncated) or cannot be read.
     """
     if str(path).lower().endswith((".h5", ".hdf5")):  # the TF/Keras port's weights, via h5py
         from keras_interop import load_keras_weights
         return load_keras_weights(path)  # already in the canonical layout
     path = checkpoint_file(path)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path, device="cpu")
+        return _load_safetensors(path)
+    return _load_torch(path)
+
+
+def _load_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load checkpoint {path!r} safely (weights_only=True): {first}") from e
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path!r} is not a readable .safetensors file ({_one_line(e)}); "
+                         f"expected {EXPECTED_FILES}") from None
+
+
+def _load_torch(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise ValueError(f"cannot read checkpoint {path!r}: {e.strerror or e}") from None
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # whatever the safe unpickler meets in a bad file: one line
+        refused = _refused_globals(path, e)
+        if refused:
+            raise UnsafeCheckpointError(
+                f"checkpoint {path!r} holds Python objects that safe loading (torch.load "
+                f"weights_only=True) refuses because unpickling them could run code: "
+                f"{', '.join(refused)}. If you trust the file, re-save its weights as tensors "
+                f"only: python {RESAVE_TOOL} {path} {_resaved_name(path)}", refused) from None
+        raise ValueError(f"{path!r} is not a checkpoint: it is {_describe_file(head, e)}; "
+                         f"expected {EXPECTED_FILES}") from None
+
+
+# torch's advice around the actual reason of a refusal, which our messages replace
+_TORCH_BOILERPLATE = ("Weights only load failed", "In PyTorch 2.6", "(1)", "(2)", "Please file",
+                      "Check the documentation", "Re-running")
+
+
+def _one_line(e):
+    """The reason in an exception's text, in one short line: torch's boilerplate and
+    terminal colour codes removed, the first sentence of what remains."""
+    text = _ANSI.sub("", str(e)).split("WeightsUnpickler error:")[-1]
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.strip().startswith(_TORCH_BOILERPLATE)]
+    if not lines:
+        return type(e).__name__
+    first = lines[0].split(". ")[0].rstrip(".")
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
+def _refused_globals(path, e):
+    """The globals ``torch.load(weights_only=True)`` refused in ``path`` (all of them for a
+    zip checkpoint, read without unpickling; the first one otherwise), or [] when ``e`` is
+    not such a refusal."""
+    m = re.search(r"GLOBAL (\S+)", _ANSI.sub("", str(e)))  # "[Un]supported ... GLOBAL x.y ..."
+    if not m:
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file: only the name in torch's message
+        found = []
+    return [g for g in found if g not in allowed] or [m.group(1)]
+
+
+def _resaved_name(path):
+    root, ext = os.path.splitext(path)
+    return f"{root}_tensors{ext or '.pth'}"
+
+
+def _describe_file(head, e):
+    """What a file that ``torch.load`` could not read looks like (``head``: its first
+    bytes), for the message."""
+    if not head:
+        return "empty"
+    if head.startswith(b"PK"):
+        return f"a damaged zip archive, truncated or not written by torch.save ({_one_line(e)})"
+    if head.startswith(b"\x80"):
+        return f"a pickle that safe loading cannot read ({_one_line(e)})"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as u:  # text whose 64th byte cuts a character is still text
+        if u.start < len(head) - 3:
+            return f"binary data starting with {head[:16]!r}"
+        text = head[:u.start].decode("utf-8")
+    text = text.lstrip("\ufeff")  # a byte-order mark
+    if all(c.isprintable() or c.isspace() for c in text):
+        return f"a text file starting with {text.strip()[:40]!r}"
+    return f"binary data starting with {head[:16]!r}"
 
 
 def unwrap_state_dict(ckpt):
@@ -302,15 +417,103 @@ def _infer_grid(n, dst_grid):
                      f"model's grid {tuple(dst_grid)}; pass src_grid")
 
 
-def _position_table(table, grid, src_grid=None):
-    """A checkpoint's ``pos_embed`` for a model of token grid ``grid``: None when it is the
-    fixed sinusoid table (the model builds its own, for any size), else the learned table
-    resized to ``grid`` (``[1, N, D]``)."""
+# A fixed table stored in half precision (fp16 / bf16 rounding <= 2e-3) still matches its
+# formula; a trained table is far from both.
+TABLE_ATOL = 5e-3
+
+
+def position_table_name(kind):
+    """``'MVD 3-D sin-cos table'``, ``'VideoMAE 1-D sinusoid table'`` or ``'learned
+    position table'``, for messages."""
+    return POS_EMBED_TABLES.get(kind, "learned position table")
+
+
+def recognise_position_table(table, grid, src_grid=None):
+    """Which fixed formula a stored ``pos_embed`` is, by comparison with both
+    (:func:`modeling_encoder.sinusoid_table`, :func:`modeling_encoder.sincos_3d_table`).
+
+    Args:
+        table: ``[1, n, D]`` or ``[n, D]``.
+        grid: the model's ``(t, h, w)``; the table's own grid is inferred from it (see
+            :func:`_infer_grid`) unless ``src_grid`` gives it.
+    Returns:
+        ``(kind, src)``: ``kind`` a :data:`POS_EMBED_TABLES` key or ``'learned'``; ``src``
+        the table's grid, None when it cannot be told (a 1-D table needs none).
+    """
     n, d = table.numel() // table.shape[-1], table.shape[-1]
-    if torch.allclose(table.float().reshape(1, n, d), sinusoid_table(n, d), atol=1e-4):
+    x = table.detach().float().reshape(1, n, d)
+    if torch.allclose(x, sinusoid_table(n, d), atol=TABLE_ATOL):
+        return "sincos_1d", None
+    try:
+        src = tuple(src_grid) if src_grid else _infer_grid(n, grid)
+    except ValueError:
+        return "learned", None
+    if d % 16 == 0 and torch.allclose(x, sincos_3d_table(src, d), atol=TABLE_ATOL):
+        return "sincos_3d", src
+    return "learned", src
+
+
+def _position_table(table, grid, src_grid=None):
+    """A checkpoint's ``pos_embed`` for a model of token grid ``grid``: None when it is a
+    fixed table (the model builds its own, for any size), else the learned table resized to
+    ``grid`` (``[1, N, D]``). Raises ValueError when a learned table's grid cannot be told."""
+    kind, src = recognise_position_table(table, grid, src_grid)
+    if kind != "learned":
         return None
-    src = tuple(src_grid) if src_grid else _infer_grid(n, grid)
+    n, d = table.numel() // table.shape[-1], table.shape[-1]
+    src = src or _infer_grid(n, grid)  # raises, asking for src_grid
     return table.reshape(1, n, d) if src == tuple(grid) else resize_pos_embed(table, src, grid)
+
+
+def checkpoint_position_table(ckpt, grid, src_grid=None):
+    """What a checkpoint says about its position table.
+
+    Returns:
+        ``(kind, evidence)``: its stored ``pos_embed`` recognised (:func:`recognise_position_table`;
+        evidence ``'stored'``: MVD pre-training files, learned tables), else the ``pos_embed``
+        of its saved run arguments (ours record ``--pos_embed``; evidence ``'args'``), else
+        ``(None, None)`` (VideoMAE, MVD fine-tuned and Hugging Face files record none).
+    """
+    _, state = canonical_state_dict(ckpt)
+    if "pos_embed" in state:
+        return recognise_position_table(state["pos_embed"], grid, src_grid)[0], "stored"
+    saved = ckpt.get("args") if isinstance(ckpt, dict) else None
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    kind = saved.get("pos_embed") if isinstance(saved, dict) else None
+    return (kind, "args") if kind in POS_EMBED_TABLES else (None, None)
+
+
+def adopt_position_table(model, ckpt, source, src_grid=None):
+    """Give ``model`` the fixed position table its checkpoint was trained with, and print
+    which table it uses.
+
+    The checkpoint's word wins over the table ``model`` was built with (``--pos_embed``): a
+    recognised fixed table it stores, or the one its saved arguments record; a note says so
+    when they differ (the weights were trained with the checkpoint's table; any other gives
+    wrong features silently). A learned table is left to :func:`load_pretrained`. A file
+    that records none (VideoMAE's and MVD's fine-tuned files) leaves the model's own: MVD's
+    need ``--pos_embed sincos_3d``.
+
+    Args:
+        model: an encoder, classifier, student or teacher (``patch_embed``,
+            ``pos_embed_type``, ``set_position_table``).
+        ckpt: the loaded checkpoint; source: its name for the message.
+    Returns:
+        the kind the model uses now.
+    """
+    kind, evidence = checkpoint_position_table(ckpt, model.patch_embed.grid_size, src_grid)
+    own = model.pos_embed_type
+    where = "stored in" if evidence == "stored" else "recorded in the arguments of"
+    if kind is None:
+        print(f"position table: {position_table_name(own)} (--pos_embed {own}); {source} "
+              f"records none")
+    elif kind != "learned" and kind != own:
+        model.set_position_table(kind)
+        print(f"position table: {position_table_name(kind)}, {where} {source}, instead of "
+              f"--pos_embed {own}")
+    elif kind != "learned":
+        print(f"position table: {position_table_name(kind)}, {where} {source}")
+    return model.pos_embed_type
 
 
 def checkpoint_filter_fn(ckpt, model, src_grid=None):
@@ -325,7 +528,8 @@ def checkpoint_filter_fn(ckpt, model, src_grid=None):
             cannot be inferred (see :func:`_infer_grid`).
     Returns:
         state dict. A learned ``pos_embed`` comes back resized to the model's token grid
-        under the model's key (``[encoder.]pos_embed``); a fixed sinusoid table is dropped.
+        under the model's key (``[encoder.]pos_embed``); a fixed table (1-D or 3-D) is dropped
+        (:func:`adopt_position_table` gives the model its kind).
     Raises:
         ValueError: unknown layout, unmappable HF keys, ungridded position table.
     """
@@ -396,7 +600,8 @@ def _apply_position_table(model, state):
                                  f"model's {tuple(encoder.pos_embed.shape)}")
             encoder.register_buffer("pos_embed", table.to(encoder.pos_embed.dtype).clone(),
                                     persistent=True)
-            print(f"using the checkpoint's learned position table {tuple(table.shape)}")
+            encoder.pos_embed_type = "learned"
+            print(f"position table: the checkpoint's learned position table {tuple(table.shape)}")
 
 
 def load_pretrained(model, ckpt, source, strict=False, src_grid=None):
@@ -407,6 +612,8 @@ def load_pretrained(model, ckpt, source, strict=False, src_grid=None):
     of the right shape. Unless ``strict``, everything else may be new (a classifier's
     ``fc_norm`` / head, a student's decoder) or left over (a pre-training decoder, projector or
     final norm), and a head of another number of classes is dropped (VideoMAE's behaviour).
+    The position table follows the checkpoint (:func:`adopt_position_table`; a learned one
+    is installed, resized to the model's grid).
 
     Returns:
         ``(missing, unexpected)``: the allowed missing / unused keys, for the log.
@@ -417,6 +624,7 @@ def load_pretrained(model, ckpt, source, strict=False, src_grid=None):
     if isinstance(ckpt, str):
         ckpt = load_checkpoint(ckpt)
     state = checkpoint_filter_fn(ckpt, model, src_grid)
+    adopt_position_table(model, ckpt, source, src_grid)
     _apply_position_table(model, state)
     if strict:
         return load_weights(model, state, source)

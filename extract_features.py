@@ -33,7 +33,7 @@ from datasets.sampling import dense_test_indices
 from datasets.transforms import EvalTransform
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation
 from model_factory import ARCHS, CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier
-from modeling_encoder import VideoViTEncoder
+from modeling_encoder import POS_EMBED_TABLES, VideoViTEncoder
 from modeling_finetune import VisionTransformer
 from modeling_student import PretrainVisionTransformer
 
@@ -67,7 +67,8 @@ def _size(name):
     return table[name]
 
 
-def build_feature_encoder(checkpoint, model_name=None, img_size=224, num_frames=16):
+def build_feature_encoder(checkpoint, model_name=None, img_size=224, num_frames=16,
+                          pos_embed="sincos_1d"):
     """A :class:`FeatureEncoder` (eval mode) with the weights of ``checkpoint``.
 
     Args:
@@ -75,7 +76,9 @@ def build_feature_encoder(checkpoint, model_name=None, img_size=224, num_frames=
             its own architecture and geometry.
         model_name: size of the encoder in any other case (``--model``).
         img_size, num_frames: clip geometry for our checkpoints (any size: the position
-            table is the fixed sinusoid one).
+            table is a fixed one, rebuilt for it).
+        pos_embed: the fixed position table (``--pos_embed``) when the checkpoint records none
+            (``checkpoint.adopt_position_table``).
     Raises:
         ValueError: no ``--model`` for a non-Hugging Face checkpoint; weights that do not fit.
         FileNotFoundError: no checkpoint.
@@ -88,7 +91,7 @@ def build_feature_encoder(checkpoint, model_name=None, img_size=224, num_frames=
     size = _size(model_name)
     ckpt = load_checkpoint(checkpoint)
     kind, state = canonical_state_dict(ckpt)
-    geometry = dict(img_size=img_size, num_frames=num_frames)
+    geometry = dict(img_size=img_size, num_frames=num_frames, pos_embed=pos_embed)
     if kind == "finetune" or "fc_norm.weight" in state:
         num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
         model = create_classifier(f"vit_{size}_patch16_224", num_classes=num_classes, **geometry)
@@ -191,6 +194,10 @@ def get_args_parser():
     a("--num_frames", type=int, default=16)
     a("--sampling_rate", type=int, default=4)
     a("--input_size", type=int, default=224)
+    a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
+      help="fixed position table: sincos_1d = VideoMAE's 1-D sinusoid table, sincos_3d = "
+      "MVD's 3-D sin-cos table (MVD's fine-tuned files); a checkpoint that stores or "
+      "records its table overrides this")
     a("--num_segments", type=int, default=1, help="test clips per video, features averaged")
     a("--tokens", action="store_true", help="per-token features [N, D] instead of pooled [D]")
     out = p.add_mutually_exclusive_group(required=True)
@@ -211,7 +218,7 @@ def main(argv=None):
         else:
             paths, labels = args.videos, None
         encoder = build_feature_encoder(args.checkpoint, args.model, args.input_size,
-                                        args.num_frames)
+                                        args.num_frames, args.pos_embed)
         names = npy_names(paths, args.data_root) if args.output_dir else None
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

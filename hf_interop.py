@@ -16,6 +16,8 @@ Numerical differences that no weight mapping can remove (measured in ``tests/tes
 - transformers' ``VideoMAEForVideoClassification`` with ``use_mean_pooling=False`` classifies
   the first token after a final norm; ours always mean-pools (no class token): refused.
 - transformers takes clips as ``pixel_values [B, T, C, H, W]``; ours ``[B, C, T, H, W]``.
+- transformers' VideoMAE has only the 1-D sinusoid position table: a model with MVD's 3-D
+  table (``--pos_embed sincos_3d``) or a learned one is refused by :func:`to_hf`.
 
 What does match: ``VideoMAEForPreTraining`` decodes as ours (and the original) does, i.e.
 encoder on the visible tokens (+ its final ``layernorm`` unless ``use_mean_pooling``),
@@ -92,6 +94,15 @@ def _hf_class(model):
     return t.VideoMAEModel
 
 
+def check_position_table(model):
+    """Raise ValueError (one line, naming ``--pos_embed``) when ``model`` uses MVD's 3-D
+    sin-cos position table, which transformers' VideoMAE cannot express."""
+    if _encoder_of(model).pos_embed_type == "sincos_3d":
+        raise ValueError("the model uses the MVD 3-D sin-cos position table (--pos_embed "
+                         "sincos_3d); transformers' VideoMAE has only the 1-D sinusoid table, so "
+                         "it cannot be exported without changing its outputs")
+
+
 def to_hf(model, id2label=None):
     """Our model as the matching transformers model (eval mode) with the same weights.
 
@@ -101,9 +112,11 @@ def to_hf(model, id2label=None):
     is left out.
 
     Raises:
-        ValueError: a learned position table (transformers' VideoMAE has only the fixed one),
-            or any key the transformers model does not take exactly (all listed).
+        ValueError: a learned or MVD 3-D position table (transformers' VideoMAE has only the
+            fixed 1-D one), or any key the transformers model does not take exactly (all
+            listed).
     """
+    check_position_table(model)
     cls = _hf_class(model)
     _, state = canonical_state_dict(model.state_dict())
     if "pos_embed" in state:

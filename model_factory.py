@@ -43,7 +43,8 @@ def create_student(name, decoder_depth=4, teacher_dim=None, views=("global", "lo
     """A :class:`PretrainVisionTransformer` of size ``name`` (``--model``).
 
     ``kwargs``: ``img_size``, ``num_frames``, ``tubelet_size``, ``drop_path_rate``,
-    ``use_checkpoint``. Raises ValueError for an unknown name.
+    ``use_checkpoint``, ``pos_embed`` (the fixed position table of the encoder and the pixel
+    decoder, ``'sincos_1d'`` or ``'sincos_3d'``). Raises ValueError for an unknown name.
     """
     arch = _arch(name, PRETRAIN_MODELS, "--model")
     return PretrainVisionTransformer(_encoder_kwargs(arch, **kwargs), decoder_depth,
@@ -52,14 +53,16 @@ def create_student(name, decoder_depth=4, teacher_dim=None, views=("global", "lo
 
 
 def create_teacher(name, sees_all_tokens=False, **kwargs):
-    """A frozen :class:`Teacher` of size ``name`` (``--model_t``), random until loaded."""
+    """A frozen :class:`Teacher` of size ``name`` (``--model_t``), random until loaded;
+    ``kwargs`` as in :func:`create_student`."""
     arch = _arch(name, PRETRAIN_MODELS, "--model_t")
     return Teacher(VideoViTEncoder(final_norm=False, **_encoder_kwargs(arch, **kwargs)),
                    sees_all_tokens)
 
 
 def create_classifier(name, num_classes=400, fc_drop_rate=0.0, **kwargs):
-    """A :class:`VisionTransformer` classifier of size ``name`` (fine-tuning ``--model``)."""
+    """A :class:`VisionTransformer` classifier of size ``name`` (fine-tuning ``--model``);
+    ``kwargs`` as in :func:`create_student`."""
     arch = _arch(name, CLASSIFIER_MODELS, "--model")
     return VisionTransformer(num_classes=num_classes, fc_drop_rate=fc_drop_rate,
                              **_encoder_kwargs(arch, **kwargs))

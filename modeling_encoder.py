@@ -1,8 +1,9 @@
 """The one ViT video encoder shared by the student, the teacher and the classifier.
 
 VideoMAE's backbone (Tong et al. 2022, Sec. 3.3; Dosovitskiy et al. 2021 for the ViT):
-a tubelet embedding (Conv3d, kernel = stride = ``(tubelet_size, patch, patch)``), the fixed
-sinusoidal position table of "Attention is all you need" (Sec. 3.5), pre-norm blocks with
+a tubelet embedding (Conv3d, kernel = stride = ``(tubelet_size, patch, patch)``), a fixed
+position table (VideoMAE's 1-D sinusoid table of "Attention is all you need", Sec. 3.5, or
+MVD's 3-D sin-cos table: ``pos_embed`` / ``--pos_embed``), pre-norm blocks with
 a q-bias and a v-bias but no k-bias, LayerNorm eps 1e-6, no class token. Tokens are ordered
 frame-major ``(t, h, w)``, so the tokens of one temporal slice are contiguous.
 
@@ -37,6 +38,59 @@ def sinusoid_table(num_positions, dim):
     angle = pos / np.power(10000, 2 * (j // 2) / dim)
     table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
     return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
+
+
+def _sincos_halves(pos, dim):
+    """MAE's 1-D sin-cos encoding ``[len(pos), dim]``: ``sin(pos * w_k)`` in the first half of
+    the channels, ``cos(pos * w_k)`` in the second, ``w_k = 10000 ** (-k / (dim / 2))``."""
+    omega = 1.0 / np.power(10000.0, np.arange(dim // 2) / (dim / 2))
+    angle = np.outer(pos, omega)  # [P, dim / 2]
+    return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
+
+
+def sincos_3d_table(grid, dim):
+    """Fixed 3-D sin-cos position table ``[1, t*h*w, dim]`` (float32) of MVD (Wang et al.,
+    CVPR 2023; METHOD.md, "MVD exactly"): ``dim / 4`` channels encode the temporal index,
+    ``3 dim / 4`` the spatial position as MAE's 2-D sin-cos table (He et al. 2022) whose
+    first half encodes ``w`` and second half ``h``; each part is :func:`_sincos_halves`.
+    Channels ``[temporal, spatial]``, tokens frame-major ``(t, h, w)``.
+
+    Args:
+        grid: ``(t, h, w)`` token grid.
+        dim: channels; a multiple of 16 (each half of each part is a sin/cos pair).
+    Raises:
+        ValueError: ``dim`` is not a multiple of 16.
+    """
+    if dim % 16:
+        raise ValueError(f"--pos_embed sincos_3d: the 3-D sin-cos position table needs a "
+                         f"width divisible by 16, got {dim}")
+    tt, hh, ww = (a.ravel() for a in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
+    spatial = 3 * dim // 8  # channels of w, then as many of h
+    table = np.concatenate([_sincos_halves(tt, dim // 4), _sincos_halves(ww, spatial),
+                            _sincos_halves(hh, spatial)], axis=1)  # [t*h*w, dim]
+    return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
+
+
+# The fixed position tables a model can be built with (``--pos_embed``), and their names in
+# messages. A table loaded from a checkpoint that is neither is "learned".
+POS_EMBED_TABLES = {"sincos_1d": "VideoMAE 1-D sinusoid table",
+                    "sincos_3d": "MVD 3-D sin-cos table"}
+
+
+def position_table(kind, grid, dim):
+    """The fixed table ``kind`` (a :data:`POS_EMBED_TABLES` key) for a ``(t, h, w)`` token
+    grid: ``[1, t*h*w, dim]`` float32.
+
+    Raises:
+        ValueError: an unknown ``kind`` (named after ``--pos_embed``), or a width the
+            3-D table cannot take.
+    """
+    if kind == "sincos_1d":
+        return sinusoid_table(int(np.prod(grid)), dim)
+    if kind == "sincos_3d":
+        return sincos_3d_table(grid, dim)
+    raise ValueError(f"--pos_embed {kind!r} is not a known position table; choose from "
+                     f"{sorted(POS_EMBED_TABLES)}")
 
 
 class PatchEmbed(nn.Module):
@@ -232,6 +286,10 @@ class VideoViTEncoder(nn.Module):
         final_norm (bool): keep a final LayerNorm ``norm`` (False for the teacher and for
             mean-pooling classifiers, which use ``fc_norm`` instead).
         use_checkpoint (bool): activation checkpointing of every block.
+        pos_embed (str): the fixed position table, a :data:`POS_EMBED_TABLES` key
+            (``--pos_embed``): ``'sincos_1d'`` (VideoMAE, default) or ``'sincos_3d'`` (MVD).
+            ``pos_embed_type`` says which one the model uses (``'learned'`` once a checkpoint's
+            learned table is installed, see ``checkpoint.load_pretrained``).
 
     State-dict keys (``patch_embed.*``, ``blocks.i.*``, ``norm.*``) are VideoMAE's.
     """
@@ -239,20 +297,28 @@ class VideoViTEncoder(nn.Module):
     def __init__(self, img_size=224, patch_size=16, num_frames=16, tubelet_size=2, in_chans=3,
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
                  drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, final_norm=True,
-                 use_checkpoint=False):
+                 use_checkpoint=False, pos_embed="sincos_1d"):
         super().__init__()
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.patch_embed = PatchEmbed(img_size, patch_size, num_frames, tubelet_size, in_chans,
                                       embed_dim)
-        # A fixed table: a buffer that follows .to(device) but stays out of checkpoints.
-        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, embed_dim),
-                             persistent=False)
+        self.set_position_table(pos_embed)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate,
                                           attn_drop_rate, dpr[i]) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
         self.use_checkpoint = use_checkpoint
         self.apply(init_weights)
+
+    def set_position_table(self, kind):
+        """Use the fixed table ``kind`` (:data:`POS_EMBED_TABLES`) for this grid and width.
+        A buffer that follows ``.to(device)`` but stays out of checkpoints (VideoMAE's and
+        MVD's fine-tuned files do not store it either)."""
+        old = getattr(self, "pos_embed", None)
+        table = position_table(kind, self.patch_embed.grid_size, self.embed_dim)
+        self.register_buffer("pos_embed", table if old is None else table.to(old.device),
+                             persistent=False)
+        self.pos_embed_type = kind
 
     def set_grad_checkpointing(self, enable=True):
         self.use_checkpoint = enable

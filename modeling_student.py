@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp, trunc_normal_
 
-from modeling_encoder import Block, VideoViTEncoder, init_weights, sinusoid_table
+from modeling_encoder import Block, VideoViTEncoder, init_weights, position_table
 from modeling_teacher import attention_views
 
 
@@ -71,7 +71,8 @@ class PretrainVisionTransformer(nn.Module):
     """Student for MMKD distillation and VideoMAE pre-training.
 
     Args:
-        encoder_kwargs: arguments of :class:`VideoViTEncoder` (sizes, drop_path, ...).
+        encoder_kwargs: arguments of :class:`VideoViTEncoder` (sizes, drop_path, ...); its
+            ``pos_embed`` (the fixed table) is the decoder's table too.
         decoder_depth: pixel-decoder blocks (``--decoder_depth``); 0 = no decoder.
         decoder_embed_dim, decoder_num_heads: decoder sizes.
         teacher_dim: teacher width ``D_t``; None = no distillation outputs (VideoMAE mode).
@@ -95,8 +96,7 @@ class PretrainVisionTransformer(nn.Module):
         if decoder_depth > 0:
             self.encoder_to_decoder = nn.Linear(self.encoder.embed_dim, decoder_embed_dim, bias=False)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-            self.register_buffer("decoder_pos_embed",
-                                 sinusoid_table(pe.num_patches, decoder_embed_dim), persistent=False)
+            self._set_decoder_table(self.encoder.pos_embed_type)
             out_dim = 3 * pe.tubelet_size * pe.patch_size ** 2
             self.decoder = PixelDecoder(pe.num_patches, out_dim, decoder_embed_dim, decoder_depth,
                                         decoder_num_heads,
@@ -110,6 +110,21 @@ class PretrainVisionTransformer(nn.Module):
     @property
     def patch_embed(self):
         return self.encoder.patch_embed
+
+    @property
+    def pos_embed_type(self):
+        return self.encoder.pos_embed_type
+
+    def set_position_table(self, kind):
+        """Use the fixed table ``kind`` in the encoder and the pixel decoder."""
+        self.encoder.set_position_table(kind)
+        if self.decoder_depth > 0:
+            self._set_decoder_table(kind)
+
+    def _set_decoder_table(self, kind):
+        table = position_table(kind, self.patch_embed.grid_size, self.mask_token.shape[-1])
+        self.register_buffer("decoder_pos_embed", table.to(self.mask_token.device),
+                             persistent=False)
 
     def no_weight_decay(self):
         return {"encoder.pos_embed", "mask_token"}

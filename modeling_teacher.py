@@ -58,6 +58,13 @@ class Teacher(nn.Module):
     def patch_embed(self):
         return self.encoder.patch_embed
 
+    @property
+    def pos_embed_type(self):
+        return self.encoder.pos_embed_type
+
+    def set_position_table(self, kind):
+        self.encoder.set_position_table(kind)
+
     def freeze(self):
         self.encoder.eval()
         self.encoder.requires_grad_(False)

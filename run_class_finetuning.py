@@ -28,8 +28,8 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import distributed as du
-from checkpoint import (latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint,
-                        unwrap_state_dict)
+from checkpoint import (adopt_position_table, latest_checkpoint, load_checkpoint, load_pretrained,
+                        save_checkpoint, unwrap_state_dict)
 from datasets import DATA_SETS
 from deepspeed_utils import (add_deepspeed_args, build_deepspeed_config, init_deepspeed,
                              input_dtype, require_deepspeed)
@@ -37,7 +37,7 @@ from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep,
                                    multiview_test, train_one_epoch)
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, create_classifier
-from modeling_encoder import compile_blocks
+from modeling_encoder import POS_EMBED_TABLES, compile_blocks
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
 
@@ -58,6 +58,10 @@ def get_args_parser():
       "MMKD pre-training or fine-tuned); empty = random initialisation")
     a("--input_size", type=int, default=224, help="clip height = width in pixels")
     a("--num_frames", type=int, default=16)
+    a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
+      help="fixed position table of every model built: sincos_1d = VideoMAE's 1-D sinusoid "
+      "table, sincos_3d = MVD's 3-D sin-cos table; a checkpoint that stores or records "
+      "its table overrides this")
     a("--drop_path", type=float, default=0.1)
     a("--fc_drop_rate", type=float, default=0.0, help="dropout before the head")
     a("--use_checkpoint", action="store_true", help="activation checkpointing of the blocks")
@@ -109,6 +113,7 @@ def resolve_args(args, model):
     if args.test_num_segment < 1 or args.num_sample < 1:
         raise ValueError("--test_num_segment and --num_sample must be >= 1")
     args.token_grid = list(model.patch_embed.grid_size)
+    args.pos_embed = model.pos_embed_type  # as loaded: checkpoints record the table used
     scale_lrs(args)
     args.mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     if args.mixup_active and not args.eval and args.batch_size * args.num_sample % 2:
@@ -122,7 +127,7 @@ def build_model(args):
     model = create_classifier(args.model, num_classes=args.nb_classes,
                               fc_drop_rate=args.fc_drop_rate, img_size=args.input_size,
                               num_frames=args.num_frames, drop_path_rate=args.drop_path,
-                              use_checkpoint=args.use_checkpoint)
+                              use_checkpoint=args.use_checkpoint, pos_embed=args.pos_embed)
     if args.finetune:  # encoder weights must all fit; fc_norm / head are new
         missing, unexpected = load_pretrained(model, args.finetune, args.finetune)
         print(f"loaded {args.finetune}: new (missing) keys {missing or 'none'}; unused keys "
@@ -226,6 +231,7 @@ def _resume(args, model, optimizer=None, scaler=None):
     if not path:
         return None
     ckpt = load_checkpoint(path)
+    args.pos_embed = adopt_position_table(model, ckpt, path)
     try:
         model.load_state_dict(unwrap_state_dict(ckpt))
     except RuntimeError as e:

@@ -18,8 +18,9 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import distributed as du
-from checkpoint import latest_checkpoint, load_checkpoint, load_teacher, save_checkpoint
-from modeling_encoder import compile_blocks
+from checkpoint import (adopt_position_table, latest_checkpoint, load_checkpoint, load_teacher,
+                        save_checkpoint)
+from modeling_encoder import POS_EMBED_TABLES, compile_blocks
 from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
 from logger import RunLogger
 from losses import DISTILL_VIEWS, LossWeights
@@ -46,6 +47,10 @@ def get_args_parser(teacher=True):
     a("--mask_type", default="tube", choices=sorted(MASK_GENERATORS))
     a("--mask_ratio", type=float, default=0.9 if teacher else 0.75)
     a("--input_size", type=int, default=224, help="clip height = width in pixels")
+    a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
+      help="fixed position table of every model built: sincos_1d = VideoMAE's 1-D sinusoid "
+      "table, sincos_3d = MVD's 3-D sin-cos table; a checkpoint that stores or records "
+      "its table overrides this")
     a("--drop_path", type=float, default=0.0, help="stochastic depth of the student")
     a("--normlize_target", action=argparse.BooleanOptionalAction, default=True,
       help="per-patch normalised pixel target (VideoMAE's spelling of the flag)")
@@ -119,7 +124,8 @@ def resolve_args(args, student, teacher):
 
 def build_models(args):
     """Student (trainable, with projector and decoder as asked) and frozen teacher (or None)."""
-    geometry = dict(img_size=args.input_size, num_frames=args.num_frames)
+    geometry = dict(img_size=args.input_size, num_frames=args.num_frames,
+                    pos_embed=args.pos_embed)
     teacher = None
     if args.use_teacher:
         teacher = create_teacher(args.model_t, sees_all_tokens=args.teacher_sees_all, **geometry)
@@ -207,13 +213,17 @@ def main(args):
 
     resume = args.resume or (latest_checkpoint(args.output_dir) if args.auto_resume else None)
     if resume:
-        ckpt = load_checkpoint(resume)
+        try:
+            ckpt = load_checkpoint(resume)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: {e}")
+        args.pos_embed = adopt_position_table(raw, ckpt, resume)
         raw.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         args.start_epoch = ckpt["epoch"] + 1
-        print(f"resumed from {resume}: epoch {ckpt['epoch']} done, global step {ckpt['step']}")
+        print(f"resumed from {resume}: epoch {ckpt['epoch']} done, global step {ckpt.get('step', '?')}")
     logger = RunLogger(args.output_dir, args.log_dir)
     logger.write_args(args)
     start = time.time()

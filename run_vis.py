@@ -50,13 +50,15 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
-from checkpoint import load_checkpoint, load_weights, unwrap_state_dict, load_teacher  # noqa: E402
+from checkpoint import (adopt_position_table, load_checkpoint, load_teacher,  # noqa: E402
+                        load_weights, unwrap_state_dict)
 from datasets.sampling import dense_test_indices  # noqa: E402
 from datasets.transforms import EvalTransform  # noqa: E402
 from datasets.video_io import VideoDecodeError, load_frames  # noqa: E402
 from losses import pixel_targets  # noqa: E402
 from masking_generator import MASK_GENERATORS, build_masking_generator  # noqa: E402
 from model_factory import PRETRAIN_MODELS, create_student, create_teacher  # noqa: E402
+from modeling_encoder import POS_EMBED_TABLES  # noqa: E402
 
 PANEL_IN = 2.2  # inches per frame panel
 MIN_WIDTH_IN = 6.5
@@ -93,6 +95,10 @@ def get_args_parser():
     a("--idx_f", type=int, default=0, help="query temporal slice (tubelet), 0..T'-1")
     a("--input_size", type=int, default=224)
     a("--num_frames", type=int, default=16)
+    a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
+      help="fixed position table: sincos_1d = VideoMAE's 1-D sinusoid table, sincos_3d = "
+      "MVD's 3-D sin-cos table (MVD's fine-tuned files); a checkpoint that stores or "
+      "records its table overrides this")
     a("--sampling_rate", type=int, default=4)
     a("--seed", type=int, default=0, help="seed of the mask and of random weights")
     a("--device", default="cpu")
@@ -130,16 +136,20 @@ def build_models(args, student_state):
     random until :func:`load_models`."""
     if args.decoder_depth is None:
         args.decoder_depth = decoder_depth_of(student_state) if student_state else 0
-    geometry = dict(img_size=args.input_size, num_frames=args.num_frames)
+    geometry = dict(img_size=args.input_size, num_frames=args.num_frames,
+                    pos_embed=args.pos_embed)
     student = create_student(args.model, decoder_depth=args.decoder_depth, views=(), **geometry)
     teacher = create_teacher(args.model_t, **geometry)
     return student.eval(), teacher
 
 
-def load_models(args, student, teacher, student_state):
-    """Load the checkpoints given; ValueError naming the flags and keys when one does not fit."""
+def load_models(args, student, teacher, student_state, saved=None):
+    """Load the checkpoints given (``saved``: the student's saved run arguments, which may
+    record its position table); ValueError naming the flags and keys when one does not fit."""
     geometry = f"--input_size {args.input_size} --num_frames {args.num_frames}"
     if student_state is not None:
+        adopt_position_table(student, {"model": student_state, "args": saved or {}},
+                             args.model_path)
         with explain(f"student checkpoint {args.model_path} does not fit --model {args.model} "
                      f"--decoder_depth {args.decoder_depth} {geometry}"):
             if any(k.startswith("encoder.") for k in student_state):
@@ -541,7 +551,7 @@ def prepare(args):
         args.idx = (pe.grid_size[1] // 2) * pe.grid_size[2] + pe.grid_size[2] // 2
     query, moved = resolve_query(mask, geo["grid"], args.idx_f, args.idx)
     check_num_k(args.num_k, mask, geo["grid"])
-    load_models(args, student, teacher, student_state)
+    load_models(args, student, teacher, student_state, saved)
     x, shown, info = load_clip(args.video_path, args.num_frames, args.sampling_rate,
                                args.input_size)
     info["sampling_rate"] = args.sampling_rate

@@ -354,6 +354,7 @@ def test_end_to_end_finetune_on_demo_splits(demo_splits, tmp_path):
     ckpt = torch.load(os.path.join(out, "checkpoint-0.pth"), weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["model"]["head.weight"].shape == (3, 192)
     assert ckpt["args"]["lr_scaled"] == pytest.approx(1e-3 * 4 / 256)
+    assert ckpt["args"]["pos_embed"] == "sincos_1d"  # the table is recorded, for reloading
     summary = json.load(open(os.path.join(out, "test_summary.json")))
     assert summary["num_videos"] == 6 and summary["num_views"] == 36
     assert summary["topk_used"] == 3 and summary["top5"] == 100.0

@@ -23,11 +23,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoint import (canonical_state_dict, checkpoint_filter_fn, checkpoint_kind,  # noqa: E402
-                        load_checkpoint, load_weights, save_checkpoint, unwrap_state_dict)
-from hf_interop import export_to_hf, from_hf  # noqa: E402
+from checkpoint import (adopt_position_table, canonical_state_dict,  # noqa: E402
+                        checkpoint_filter_fn, checkpoint_kind, load_checkpoint, load_weights,
+                        save_checkpoint, unwrap_state_dict)
+from hf_interop import check_position_table, export_to_hf, from_hf  # noqa: E402
 from keras_interop import load_keras_weights  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
+from modeling_encoder import POS_EMBED_TABLES  # noqa: E402
 
 
 def get_args_parser():
@@ -43,6 +45,9 @@ def get_args_parser():
                     help="pre-training model's pixel decoder blocks (0 = encoder only)")
     to.add_argument("--num_frames", type=int, default=16)
     to.add_argument("--input_size", type=int, default=224)
+    to.add_argument("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
+                    help="the checkpoint's position table when it records none; transformers "
+                         "takes only sincos_1d (a sincos_3d model is refused)")
     to.add_argument("--labels", default="", help="text file, one class name per line")
     to.add_argument("--output_dir", required=True)
     frm = sub.add_parser("from-hf", help="transformers directory -> ours")
@@ -59,12 +64,16 @@ def get_args_parser():
 def build_ours(args):
     """Our model of ``--model`` with the checkpoint's weights, every key accounted for (a
     distillation projector excepted, which transformers has no place for)."""
-    geometry = dict(img_size=args.input_size, num_frames=args.num_frames)
+    geometry = dict(img_size=args.input_size, num_frames=args.num_frames,
+                    pos_embed=args.pos_embed)
     if args.model in CLASSIFIER_MODELS:
         model = create_classifier(args.model, num_classes=args.nb_classes, **geometry)
     else:
         model = create_student(args.model, decoder_depth=args.decoder_depth, **geometry)
-    state = checkpoint_filter_fn(load_checkpoint(args.checkpoint), model)
+    ckpt = load_checkpoint(args.checkpoint)
+    adopt_position_table(model, ckpt, args.checkpoint)
+    check_position_table(model)  # before the keys: an MVD file fails for its table first
+    state = checkpoint_filter_fn(ckpt, model)
     state = {k: v for k, v in state.items() if not k.startswith("projector.")}
     load_weights(model, state, args.checkpoint)
     return model.eval()
