@@ -38,7 +38,8 @@ def cosine_value(step, total_steps, base, final, warmup_steps=0, warmup_start=0.
 
 def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype=None,
                    teacher_autocast=True, num_k=10, num_f=10, kd_T=1.0, temperature_s=0.1,
-                   temperature_t=0.05, normalize_target=True, mean=None, std=None):
+                   temperature_t=0.05, normalize_target=True, mean=None, std=None,
+                   reference=False):
     """The forward half of one step: teacher targets (once, no gradients), pixel targets,
     student outputs and :func:`losses.mmkd_loss`; returns ``(loss, terms)``.
 
@@ -48,6 +49,8 @@ def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype
             the teacher runs in bf16 too, which is where most of its time goes.
         teacher_autocast: False runs the teacher in float32 outside autocast, as the
             reference code does (benchmarks' baseline).
+        reference: MM-hint as the public code computes it (``--reference_losses``); the
+            teacher's local view pairs values as the student's ``pairing`` says.
     """
     raw = getattr(student, "module", student)
     pe = raw.patch_embed
@@ -55,14 +58,15 @@ def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype
     t_out = None
     if teacher is not None:
         with autocast_context(device, amp_dtype if teacher_autocast else None):
-            t_out = teacher(videos, mask, views, num_k, kd_T)
+            t_out = teacher(videos, mask, views, num_k, kd_T, getattr(raw, "pairing", "slice"))
     with autocast_context(device, amp_dtype):
         target = None
         if weights.pixel > 0:
             target = pixel_targets(videos, mask, pe.tubelet_size, pe.patch_size, mean, std,
                                    normalize_target)
         s_out = student(videos, mask)
-        return mmkd_loss(s_out, t_out, weights, target, temperature_s, temperature_t, num_f)
+        return mmkd_loss(s_out, t_out, weights, target, temperature_s, temperature_t, num_f,
+                         reference)
 
 
 def backward_step(model, optimizer, loss, boundary, *, update_freq=1, loss_scaler=None,
@@ -107,7 +111,7 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                     lr_scheduler, wd_schedule, steps_per_epoch, loss_scaler=None,
                     amp_dtype=None, clip_grad=None, update_freq=1, num_k=10, num_f=10, kd_T=1.0,
                     temperature_s=0.1, temperature_t=0.05, normalize_target=True,
-                    mean=None, std=None, logger=None):
+                    mean=None, std=None, logger=None, reference=False):
     """Train ``student`` for one epoch; returns the epoch's mean metrics.
 
     Args:
@@ -120,6 +124,7 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
         wd_schedule: callable ``update -> weight decay`` for the groups that decay.
         steps_per_epoch: optimizer updates per epoch (for the global step).
         loss_scaler: ``torch.amp.GradScaler`` for fp16, or None.
+        reference: MM-hint as the public code computes it (:func:`forward_losses`).
     Raises:
         NonFiniteLossError: naming the step and the term that is not finite.
     """
@@ -149,7 +154,8 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                                      device=device, amp_dtype=amp_dtype, num_k=num_k, num_f=num_f,
                                      kd_T=kd_T, temperature_s=temperature_s,
                                      temperature_t=temperature_t,
-                                     normalize_target=normalize_target, mean=mean, std=std)
+                                     normalize_target=normalize_target, mean=mean, std=std,
+                                     reference=reference)
         loss_value, values = host_values(loss, terms)
         for k, v in values.items():
             if not math.isfinite(v):

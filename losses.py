@@ -10,10 +10,22 @@ equation numbers below refer to its list "The MMKD objective":
 3. MM-hidden: MSE between top-``num_k`` attention outputs, over all keys (global) and per
    temporal slice (local).
 
-Everything here computes in float32 whatever the autocast dtype of the inputs (autocast is
-switched off inside, or it would run the matmuls in bf16/fp16): the relation term divides
-cosine similarities near 1 by a temperature of 0.05, where bf16's rounding alone moved the
-loss by 4 % in ``tests/test_optimised_paths.py``, and its large negative diagonal needs the range.
+Two modes (``--reference_losses``; README, "The method, as implemented", compares them term
+by term). The default is the method as described, with MM-relation on the raw student
+tokens as the paper and the public code do. The reference mode computes what the public
+code (xiaojieli0903/MaskAgain, ``loops_mlp.py`` / ``loops.py``) computes, so that its numbers
+can be reproduced: MM-hint over all visible tokens with the unselected ones zeroed *before*
+the feature projector, times ``N / num_f`` (:func:`hint_loss_reference`), and the local
+view's values paired as its ``VTop`` pairs them (``pairing='reference'``). Both modes use
+the same :class:`Projector`-style maps (student-side, and the optional trainable
+teacher-side Linear), which :func:`mmkd_loss` applies; ``tests/test_losses.py`` checks both
+modes against the public code's own float64 outputs (``tests/data/mmkd_reference``).
+
+Everything here computes in float32 at least, whatever the autocast dtype of the inputs
+(autocast is switched off inside, or it would run the matmuls in bf16/fp16; float64 inputs
+stay float64): the relation term divides cosine similarities near 1 by a temperature of
+0.05, where bf16's rounding alone moved the loss by 4 % in ``tests/test_optimised_paths.py``,
+and its large negative diagonal needs the range.
 """
 import functools
 from dataclasses import dataclass
@@ -39,7 +51,15 @@ def float32(fn):
     return wrapper
 
 
+def _full(x):
+    """``x`` in float32, or float64 when it already is (the reference fixtures' precision)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 TOPK_IMPLS = ("scatter", "dense")
+# How the local view pairs attention weights with values: 'slice' = the keys' own values
+# (the method); 'reference' = the public code's VTop reshape (slice index innermost).
+PAIRINGS = ("slice", "reference")
 # What ``impl=None`` means in the top-k attention functions (the student and the teacher call
 # them without ``impl``); benchmarks set "dense" to time the reference computation.
 DEFAULT_TOPK_IMPL = "scatter"
@@ -97,21 +117,18 @@ def topk_attention_global(logits, v, num_k, kd_T=1.0, impl=None):
         ``[B, N, h * hd]``, heads merged.
     """
     impl = _check_impl(impl)
-    logits, v = logits.float(), v.float()
+    logits, v = _full(logits), _full(v)
     out = _topk_probs(logits, num_k, kd_T, impl) @ v  # [B, h, N, hd]
     return rearrange(out, "b h n d -> b n (h d)")
 
 
 @float32
-def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0, impl=None):
+def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0, impl=None, pairing="slice"):
     """MM-hidden, local view (METHOD.md item 3): top-k attention within each temporal slice.
 
     Keys are split into ``num_slices`` contiguous groups (frame-major token order with tube
     masking keeps the same count of visible keys per slice). In every group the row is
-    soft-maxed, cut to its top ``num_k`` and renormalised, then multiplied by the values of
-    that same slice. (The public reference code pairs the weights of slice ``s`` with the
-    values of another slice through a reshape with the slice index innermost; this is the
-    slice-consistent version.)
+    soft-maxed, cut to its top ``num_k`` and renormalised, then multiplied by values.
 
     Args:
         logits: ``[B, h, N, N]`` with ``N`` divisible by ``num_slices``.
@@ -119,12 +136,22 @@ def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0, impl=None):
         num_k: entries kept per row and slice; must be <= N / num_slices.
         num_slices: temporal slices ``T'`` (``model.patch_embed.grid_size[0]``).
         impl: as in :func:`topk_attention_global`.
+        pairing: ``'slice'`` (the method): the weight of key ``j`` of slice ``t`` (token
+            ``t * n + j``, ``n = N / T'``) multiplies that token's value. ``'reference'``:
+            the public code's ``VTop`` (``distiller_zoo/VTop.py``), which reshapes the values
+            ``(B, h, n, T', hd)`` with the slice index innermost, so that weight multiplies
+            the value of token ``j * T' + t``, in general a token of another slice.
     Returns:
         ``[B, N, num_slices, h * hd]``: one output per (query, slice).
+    Raises:
+        ValueError: unknown ``impl`` or ``pairing``.
     """
     impl = _check_impl(impl)
-    logits = rearrange(logits.float(), "b h q (s n) -> b h q s n", s=num_slices)
-    vs = rearrange(v.float(), "b h (s n) d -> b h s n d", s=num_slices)
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    logits = rearrange(_full(logits), "b h q (s n) -> b h q s n", s=num_slices)
+    values = "b h (s n) d -> b h s n d" if pairing == "slice" else "b h (n s) d -> b h s n d"
+    vs = rearrange(_full(v), values, s=num_slices)
     p = _topk_probs(logits, num_k, kd_T, impl)  # [B, h, N, S, n]
     out = torch.einsum("bhqsn,bhsnd->bqshd", p, vs)
     return rearrange(out, "b q s h d -> b q s (h d)")
@@ -132,8 +159,10 @@ def topk_attention_local(logits, v, num_k, num_slices, kd_T=1.0, impl=None):
 
 def select_salient_tokens(feat_t, num_f):
     """Indices ``[B, num_f]`` of the tokens with the largest teacher-feature L1 norm
-    (MM-hint's "mask again", METHOD.md item 1). ``feat_t``: ``[B, N, D_t]``."""
-    return feat_t.float().abs().sum(-1).topk(num_f, dim=-1).indices
+    (MM-hint's "mask again", METHOD.md item 1). ``feat_t``: ``[B, N, D_t]``. Exactly
+    ``num_f`` per clip (the public code keeps every token >= the ``num_f``-th norm, the
+    same set unless norms tie)."""
+    return _full(feat_t).abs().sum(-1).topk(num_f, dim=-1).indices
 
 
 def gather_tokens(x, idx):
@@ -142,9 +171,28 @@ def gather_tokens(x, idx):
 
 
 def hint_loss(sel_s, sel_t):
-    """MM-hint: MSE over the selected tokens, mean over ``B * num_f * D_t`` elements.
+    """MM-hint (METHOD.md item 1): MSE over the selected tokens, mean over
+    ``B * num_f * D_t`` elements.
     ``sel_s``: projected student ``[B, num_f, D_t]``; ``sel_t``: teacher ``[B, num_f, D_t]``."""
-    return F.mse_loss(sel_s.float(), sel_t.float())
+    return F.mse_loss(_full(sel_s), _full(sel_t))
+
+
+def hint_loss_reference(tokens_s, feat_t, idx, feat_map):
+    """MM-hint as the public code computes it (``loops_mlp.py`` lines 157-160): the
+    unselected tokens of student and teacher are zeroed, *then* the feature projector maps
+    all ``N`` student tokens, and the MSE over ``B * N * D_t`` elements is scaled by
+    ``N / num_f``. Because the projector has biases, every unselected token adds
+    ``|feat_map(0)|^2``; with an identity map this equals :func:`hint_loss`.
+
+    Args:
+        tokens_s: raw student tokens ``[B, N, D_s]``; feat_t: teacher tokens ``[B, N, D_t]``.
+        idx: selected tokens ``[B, num_f]`` (:func:`select_salient_tokens`).
+        feat_map: the feature projector ``D_s -> D_t`` (a callable).
+    """
+    keep = torch.zeros_like(tokens_s[..., :1]).scatter_(1, idx.unsqueeze(-1), 1.0)  # [B, N, 1]
+    n, num_f = tokens_s.shape[1], idx.shape[1]
+    return F.mse_loss(_full(feat_map(tokens_s * keep)), _full(feat_t * keep.to(feat_t.dtype))) \
+        * (n / num_f)
 
 
 @float32
@@ -157,10 +205,13 @@ def relation_loss(sel_s, sel_t, temperature_s=0.1, temperature_t=0.05):
     all rows and divided by ``M``.
 
     Args:
-        sel_s: ``[B, num_f, D_s']`` student tokens; sel_t: ``[B, num_f, D_t]`` teacher tokens.
+        sel_s: ``[B, num_f, D_s]`` raw student tokens (before any projector, as the paper
+            and the public code: the term does not train the projector, and the two
+            similarity matrices need no common width); sel_t: ``[B, num_f, D_t]`` teacher
+            tokens. The order of the selected tokens does not matter.
     """
-    s = F.normalize(sel_s.float().flatten(0, 1), dim=-1)  # [M, D]
-    t = F.normalize(sel_t.float().flatten(0, 1), dim=-1)
+    s = F.normalize(_full(sel_s).flatten(0, 1), dim=-1)  # [M, D]
+    t = F.normalize(_full(sel_t).flatten(0, 1), dim=-1)
     g_s, g_t = s @ s.T, t @ t.T  # [M, M]: the only M x M buffers, besides the log-softmaxes
     g_s.diagonal().fill_(-1e4)  # in place, no [M, M] identity mask; no gradient on the diagonal
     g_t.diagonal().fill_(-1e4)
@@ -226,32 +277,48 @@ class LossWeights:
         return tuple(v for v, w in (("global", self.global_), ("local", self.local)) if w > 0)
 
 
+def _identity(x):
+    return x
+
+
 def mmkd_loss(student, teacher, weights, pixel_target=None, temperature_s=0.1,
-              temperature_t=0.05, num_f=10):
+              temperature_t=0.05, num_f=10, reference=False):
     """Combine the terms of MMKD (and VideoMAE's pixel term) into one objective.
 
+    The student's and teacher's outputs come raw (in their own widths); the maps into the
+    teacher's width are the student's ``projector`` (``StudentOutput.projector``, None =
+    identity): ``feat`` for MM-hint, ``attn[view]`` for the student's attention outputs and
+    the optional trainable teacher-side ``attn_t[view]`` for the teacher's. MM-relation
+    compares raw tokens. ``reference`` selects MM-hint's form, the only term whose formula
+    the mode changes here (:func:`hint_loss` or :func:`hint_loss_reference`); the local
+    view's value pairing is chosen where the attention outputs are computed.
+
     Args:
-        student: a ``StudentOutput`` (projected ``features [B, N_vis, D_t]``, ``attn_global``,
-            ``attn_local``, ``pixels``); teacher: a ``TeacherOutput``, or None.
+        student: a ``StudentOutput`` (``tokens [B, N_vis, D_s]``, ``attn_global``,
+            ``attn_local``, ``pixels``, ``projector``); teacher: a ``TeacherOutput``, or None.
         weights: :class:`LossWeights`.
         pixel_target: ``[B, N_hidden, P]`` when ``weights.pixel > 0``.
+        reference: MM-hint as the public code computes it.
     Returns:
         ``(total, terms)``: scalar loss and ``{name: unweighted scalar}`` for each term used.
     """
+    proj = getattr(student, "projector", None)
+    feat_map = proj.feat if proj is not None else _identity
     terms = {}
     if weights.hint > 0 or weights.relation > 0:
         idx = select_salient_tokens(teacher.features, num_f)  # [B, num_f]
-        sel_s, sel_t = gather_tokens(student.features, idx), gather_tokens(teacher.features, idx)
+        sel_s, sel_t = gather_tokens(student.tokens, idx), gather_tokens(teacher.features, idx)
         if weights.hint > 0:
-            terms["hint"] = hint_loss(sel_s, sel_t)
+            terms["hint"] = (hint_loss_reference(student.tokens, teacher.features, idx, feat_map)
+                             if reference else hint_loss(feat_map(sel_s), sel_t))
         if weights.relation > 0:
             terms["relation"] = relation_loss(sel_s, sel_t, temperature_s, temperature_t)
-    if weights.global_ > 0:
-        terms["global"] = F.mse_loss(student.attn_global.float(), teacher.attn_global.float())
-    if weights.local > 0:
-        terms["local"] = F.mse_loss(student.attn_local.float(), teacher.attn_local.float())
+    for view in weights.views():
+        s_map, t_map = proj.attn_maps(view) if proj is not None else (_identity, _identity)
+        terms[view] = F.mse_loss(_full(s_map(getattr(student, f"attn_{view}"))),
+                                 _full(t_map(getattr(teacher, f"attn_{view}"))))
     if weights.pixel > 0:
-        terms["pixel"] = F.mse_loss(student.pixels.float(), pixel_target.float())
+        terms["pixel"] = F.mse_loss(_full(student.pixels), _full(pixel_target))
     scale = {"hint": weights.hint, "relation": weights.relation, "global": weights.global_,
              "local": weights.local, "pixel": weights.pixel}
     total = sum(scale[k] * v for k, v in terms.items())

@@ -39,8 +39,9 @@ def _encoder_kwargs(arch, img_size=224, num_frames=16, tubelet_size=2, drop_path
 
 
 def create_student(name, decoder_depth=4, teacher_dim=None, views=("global", "local"),
-                   num_k=10, kd_T=1.0, **kwargs):
-    """A :class:`PretrainVisionTransformer` of size ``name`` (``--model``).
+                   num_k=10, kd_T=1.0, teacher_proj=False, pairing="slice", **kwargs):
+    """A :class:`PretrainVisionTransformer` of size ``name`` (``--model``); ``teacher_proj``
+    and ``pairing`` as there.
 
     ``kwargs``: ``img_size``, ``num_frames``, ``tubelet_size``, ``drop_path_rate``,
     ``use_checkpoint``, ``pos_embed`` (the fixed position table of the encoder and the pixel
@@ -49,7 +50,7 @@ def create_student(name, decoder_depth=4, teacher_dim=None, views=("global", "lo
     arch = _arch(name, PRETRAIN_MODELS, "--model")
     return PretrainVisionTransformer(_encoder_kwargs(arch, **kwargs), decoder_depth,
                                      arch["decoder_embed_dim"], arch["decoder_num_heads"],
-                                     teacher_dim, views, num_k, kd_T)
+                                     teacher_dim, views, num_k, kd_T, teacher_proj, pairing)
 
 
 def create_teacher(name, sees_all_tokens=False, **kwargs):
@@ -60,9 +61,10 @@ def create_teacher(name, sees_all_tokens=False, **kwargs):
                    sees_all_tokens)
 
 
-def create_classifier(name, num_classes=400, fc_drop_rate=0.0, **kwargs):
+def create_classifier(name, num_classes=400, fc_drop_rate=0.0, init_scale=0.001, **kwargs):
     """A :class:`VisionTransformer` classifier of size ``name`` (fine-tuning ``--model``);
-    ``kwargs`` as in :func:`create_student`."""
+    ``init_scale`` scales the new head (``--init_scale``); ``kwargs`` as in
+    :func:`create_student`."""
     arch = _arch(name, CLASSIFIER_MODELS, "--model")
     return VisionTransformer(num_classes=num_classes, fc_drop_rate=fc_drop_rate,
-                             **_encoder_kwargs(arch, **kwargs))
+                             init_scale=init_scale, **_encoder_kwargs(arch, **kwargs))

@@ -260,8 +260,25 @@ class EncoderOutput:
     maps: dict = field(default_factory=dict)
 
 
-def init_weights(module):
-    """VideoMAE / timm ViT initialisation: truncated normal 0.02 for Linear, LN to (1, 0)."""
+def init_pretrain_weights(module):
+    """VideoMAE's initialisation of its pre-training models (``modeling_pretrain.py``,
+    encoder and decoder ``_init_weights``): ``xavier_uniform_`` Linear weights, zero biases,
+    LayerNorm weight 1 and bias 0. Other modules (the tubelet-embedding Conv3d) keep
+    PyTorch's default, as there. Use with ``module.apply``."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def init_finetune_weights(module):
+    """VideoMAE's initialisation of its fine-tuning model (``modeling_finetune.py``
+    ``_init_weights``, timm's ViT): truncated normal (std 0.02) Linear weights, zero biases,
+    LayerNorm weight 1 and bias 0; the Conv3d keeps PyTorch's default. Use with
+    ``module.apply``."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -269,6 +286,9 @@ def init_weights(module):
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+WEIGHT_INITS = {"pretrain": init_pretrain_weights, "finetune": init_finetune_weights}
 
 
 class VideoViTEncoder(nn.Module):
@@ -290,6 +310,9 @@ class VideoViTEncoder(nn.Module):
             (``--pos_embed``): ``'sincos_1d'`` (VideoMAE, default) or ``'sincos_3d'`` (MVD).
             ``pos_embed_type`` says which one the model uses (``'learned'`` once a checkpoint's
             learned table is installed, see ``checkpoint.load_pretrained``).
+        weight_init (str): ``'pretrain'`` (:func:`init_pretrain_weights`, xavier-uniform:
+            VideoMAE's pre-training student and teacher) or ``'finetune'``
+            (:func:`init_finetune_weights`, truncated normal 0.02: the classifier).
 
     State-dict keys (``patch_embed.*``, ``blocks.i.*``, ``norm.*``) are VideoMAE's.
     """
@@ -297,7 +320,7 @@ class VideoViTEncoder(nn.Module):
     def __init__(self, img_size=224, patch_size=16, num_frames=16, tubelet_size=2, in_chans=3,
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
                  drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, final_norm=True,
-                 use_checkpoint=False, pos_embed="sincos_1d"):
+                 use_checkpoint=False, pos_embed="sincos_1d", weight_init="pretrain"):
         super().__init__()
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.patch_embed = PatchEmbed(img_size, patch_size, num_frames, tubelet_size, in_chans,
@@ -308,7 +331,9 @@ class VideoViTEncoder(nn.Module):
                                           attn_drop_rate, dpr[i]) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
         self.use_checkpoint = use_checkpoint
-        self.apply(init_weights)
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {sorted(WEIGHT_INITS)}, got {weight_init!r}")
+        self.apply(WEIGHT_INITS[weight_init])
 
     def set_position_table(self, kind):
         """Use the fixed table ``kind`` (:data:`POS_EMBED_TABLES`) for this grid and width.

@@ -4,11 +4,16 @@ encoder on all tokens, mean pooling, ``fc_norm`` and a linear head.
 Subclassing :class:`VideoViTEncoder` keeps VideoMAE's fine-tuning state-dict keys
 (``patch_embed.*``, ``blocks.i.*``, ``fc_norm.*``, ``head.*``), so official fine-tuned
 checkpoints load without renaming.
-"""
-import torch.nn as nn
-from timm.layers import trunc_normal_
 
-from modeling_encoder import VideoViTEncoder
+Initialisation is VideoMAE's fine-tuning one (``modeling_finetune.py``): truncated normal
+(std 0.02) Linear weights with zero biases, LayerNorms at (1, 0), PyTorch's default for the
+Conv3d, and the head's weights (and zero bias) multiplied by ``init_scale``
+(``--init_scale``, 0.001) so that the first logits are near zero.
+"""
+import torch
+import torch.nn as nn
+
+from modeling_encoder import VideoViTEncoder, init_finetune_weights
 
 
 class VisionTransformer(VideoViTEncoder):
@@ -17,20 +22,22 @@ class VisionTransformer(VideoViTEncoder):
     Args:
         num_classes: classes of the head (``--nb_classes``).
         fc_drop_rate: dropout before the head (``--fc_drop_rate``).
-        init_scale: the head's initial weights are scaled by this (VideoMAE: 0.001).
+        init_scale: the head's initial weights and bias are multiplied by this after the
+            truncated-normal init (``--init_scale``; VideoMAE: 0.001).
         **encoder_kwargs: :class:`VideoViTEncoder` arguments.
     """
 
     def __init__(self, num_classes=400, fc_drop_rate=0.0, init_scale=0.001, **encoder_kwargs):
-        super().__init__(final_norm=False, **encoder_kwargs)
+        super().__init__(final_norm=False, weight_init="finetune", **encoder_kwargs)
         self.num_classes = num_classes
         self.fc_norm = nn.LayerNorm(self.embed_dim, eps=1e-6)
         self.fc_dropout = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-            self.head.weight.data.mul_(init_scale)
+            self.head.apply(init_finetune_weights)
+            with torch.no_grad():
+                self.head.weight.mul_(init_scale)
+                self.head.bias.mul_(init_scale)
 
     def group_matcher(self, coarse=False):
         """Parameter groups for timm's layer-wise lr decay (``create_optimizer_v2(...,

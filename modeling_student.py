@@ -1,12 +1,20 @@
 """The MMKD student (Sec. 3 of the paper), read in the order of the method:
 
 1. the tube-masked clip's visible tokens go through the ViT encoder (``encoder``);
-2. its last block's features and top-k attention outputs (global, per slice) are projected
-   to the teacher's width (``projector``) for the MM-hint, MM-relation and MM-hidden terms;
+2. its last block's tokens and top-k attention outputs (global, per slice) are returned
+   raw, with the trainable maps into the teacher's width (``projector``) that the MM-hint and
+   MM-hidden terms apply (``losses.mmkd_loss``; MM-relation compares raw tokens);
 3. optionally a light VideoMAE decoder (``decoder``) predicts the hidden tubelets' pixels.
 
 State-dict keys (``encoder.*``, ``encoder_to_decoder.*``, ``mask_token``, ``decoder.*``) are
 VideoMAE's ``PretrainVisionTransformer`` keys, plus ``projector.*``.
+
+Initialisation is VideoMAE's for its pre-training model (``modeling_pretrain.py``):
+``xavier_uniform_`` Linear weights with zero biases and LayerNorms at (1, 0) in encoder and
+decoder (:func:`modeling_encoder.init_pretrain_weights`), PyTorch's default for the
+tubelet-embedding Conv3d and for ``encoder_to_decoder`` (which VideoMAE never re-initialises),
+and ``mask_token`` truncated normal (std 0.02, cut at +-0.02). The projector keeps PyTorch's
+default initialisation, as the public MMKD code (its ``models/util.py`` modules).
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -15,36 +23,61 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp, trunc_normal_
 
-from modeling_encoder import Block, VideoViTEncoder, init_weights, position_table
+from modeling_encoder import Block, VideoViTEncoder, init_pretrain_weights, position_table
 from modeling_teacher import attention_views
 
 
 @dataclass
 class StudentOutput:
-    """What the losses read; attention and feature outputs are in the teacher's width.
+    """What the losses read: raw outputs in the student's width, and the maps into the
+    teacher's width that the losses apply.
 
     Attributes:
-        features: ``[B, N_vis, D_t]`` projected last-block features (None without a teacher).
-        attn_global: ``[B, N_vis, D_t]`` or None; attn_local: ``[B, N_vis, T', D_t]`` or None.
+        tokens: ``[B, N_vis, D_s]`` last-block tokens, no final norm (None without a teacher).
+        attn_global: ``[B, N_vis, h * hd]`` or None; attn_local: ``[B, N_vis, T', h * hd]``
+            or None: top-k attention outputs, heads concatenated, before any projector.
         pixels: ``[B, N_hidden, tubelet * patch * patch * 3]`` or None (no decoder).
+        projector: the student's :class:`Projector` (None = identity maps).
     """
-    features: Optional[torch.Tensor] = None
+    tokens: Optional[torch.Tensor] = None
     attn_global: Optional[torch.Tensor] = None
     attn_local: Optional[torch.Tensor] = None
     pixels: Optional[torch.Tensor] = None
+    projector: Optional[nn.Module] = None
 
 
 class Projector(nn.Module):
-    """Student -> teacher width maps (METHOD.md, "a trainable projector"): an MLP
-    ``D_s -> 2 D_s -> D_t`` (ReLU) for features and one Linear ``D_s -> D_t`` per attention
-    view. Identity maps when the widths are equal."""
+    """Trainable maps into the teacher's width (METHOD.md, "a trainable projector"; the
+    public code's ``models/util.py`` ``Mlp`` and ``Linear``), applied by
+    ``losses.mmkd_loss``:
 
-    def __init__(self, dim_s, dim_t, views=("global", "local")):
+    - ``feat``: MLP ``D_s -> 2 D_s -> D_t`` (ReLU) on student tokens, for MM-hint;
+    - ``attn[view]``: Linear ``D_s -> D_t`` on the student's attention outputs of each
+      MM-hidden view (``'global'``, ``'local'``);
+    - ``attn_t[view]`` (``teacher_side=True``): a trainable Linear ``D_t -> D_t`` on the
+      *teacher's* attention outputs, as the public ViT-S recipe has (``run_kd.py``,
+      ``Align_valuesum_t`` / ``Align_valuesum1_t``). It belongs to the student: it gets
+      gradients, is in the optimizer and in the student's checkpoint; the teacher's encoder
+      stays frozen. Its target moves during training.
+
+    The student-side maps are identities when the widths are equal. Every Linear keeps
+    PyTorch's default initialisation (kaiming-uniform weights, non-zero biases), as the
+    public code's projectors.
+    """
+
+    def __init__(self, dim_s, dim_t, views=("global", "local"), teacher_side=False):
         super().__init__()
         same = dim_s == dim_t
         self.feat = nn.Identity() if same else Mlp(dim_s, 2 * dim_s, dim_t, act_layer=nn.ReLU)
         self.attn = nn.ModuleDict({v: nn.Identity() if same else nn.Linear(dim_s, dim_t)
                                    for v in views})
+        self.attn_t = (nn.ModuleDict({v: nn.Linear(dim_t, dim_t) for v in views})
+                       if teacher_side else None)
+
+    def attn_maps(self, view):
+        """``(student map, teacher map)`` of MM-hidden ``view``; the teacher's is the identity
+        without a teacher-side Linear."""
+        return self.attn[view], self.attn_t[view] if self.attn_t is not None else nn.Identity()
 
 
 class PixelDecoder(nn.Module):
@@ -78,20 +111,25 @@ class PretrainVisionTransformer(nn.Module):
         teacher_dim: teacher width ``D_t``; None = no distillation outputs (VideoMAE mode).
         views: MM-hidden views to compute, subset of ``('global', 'local')``.
         num_k, kd_T: top-k entries and temperature of MM-hidden (``--num_k``, ``--kd_T``).
+        teacher_proj: add the trainable teacher-side Linear to the projector
+            (``--teacher_proj``).
+        pairing: value pairing of the local view, ``'slice'`` or ``'reference'``
+            (``losses.topk_attention_local``); the teacher must use the same.
     """
 
     def __init__(self, encoder_kwargs, decoder_depth=4, decoder_embed_dim=384,
                  decoder_num_heads=6, teacher_dim=None, views=("global", "local"), num_k=10,
-                 kd_T=1.0):
+                 kd_T=1.0, teacher_proj=False, pairing="slice"):
         super().__init__()
         # the final norm feeds only the pixel decoder; without one it would get no gradient
         # (which DDP rejects) and the distillation reads the last block before any norm
         self.encoder = VideoViTEncoder(**{"final_norm": decoder_depth > 0, **encoder_kwargs})
         pe = self.encoder.patch_embed
         self.teacher_dim, self.views = teacher_dim, tuple(views) if teacher_dim else ()
-        self.num_k, self.kd_T = num_k, kd_T
+        self.num_k, self.kd_T, self.pairing = num_k, kd_T, pairing
         if teacher_dim:
-            self.projector = Projector(self.encoder.embed_dim, teacher_dim, self.views)
+            self.projector = Projector(self.encoder.embed_dim, teacher_dim, self.views,
+                                       teacher_side=teacher_proj)
         self.decoder_depth = decoder_depth
         if decoder_depth > 0:
             self.encoder_to_decoder = nn.Linear(self.encoder.embed_dim, decoder_embed_dim, bias=False)
@@ -101,11 +139,8 @@ class PretrainVisionTransformer(nn.Module):
             self.decoder = PixelDecoder(pe.num_patches, out_dim, decoder_embed_dim, decoder_depth,
                                         decoder_num_heads,
                                         drop_path_rate=encoder_kwargs.get("drop_path_rate", 0.0))
-            self.decoder.apply(init_weights)
-            self.encoder_to_decoder.apply(init_weights)
-            trunc_normal_(self.mask_token, std=0.02)
-        if teacher_dim:
-            self.projector.apply(init_weights)
+            self.decoder.apply(init_pretrain_weights)
+            trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)  # VideoMAE cuts at +-std
 
     @property
     def patch_embed(self):
@@ -142,13 +177,12 @@ class PretrainVisionTransformer(nn.Module):
         z = out.tokens  # [B, N_vis, D_s], no final norm
         res = StudentOutput()
         if self.teacher_dim:
-            res.features = self.projector.feat(z)  # [B, N_vis, D_t]
+            res.tokens, res.projector = z, self.projector
             if self.views:
                 maps = out.maps[len(self.encoder.blocks) - 1]
-                g, loc = attention_views(maps, self.views, self.num_k, self.kd_T,
-                                         self.patch_embed.grid_size[0])
-                res.attn_global = self.projector.attn["global"](g) if g is not None else None
-                res.attn_local = self.projector.attn["local"](loc) if loc is not None else None
+                res.attn_global, res.attn_local = attention_views(
+                    maps, self.views, self.num_k, self.kd_T, self.patch_embed.grid_size[0],
+                    self.pairing)
         if self.decoder_depth > 0:
             res.pixels = self._decode(self.encoder.norm(z), bool_masked_pos)
         return res

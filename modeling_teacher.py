@@ -19,18 +19,20 @@ class TeacherOutput:
 
     Attributes:
         features: ``[B, N_vis, D_t]`` last-block output (no final norm).
-        attn_global: ``[B, N_vis, D_t]`` or None; attn_local: ``[B, N_vis, T', D_t]`` or None.
+        attn_global: ``[B, N_vis, D_t]`` or None; attn_local: ``[B, N_vis, T', D_t]`` or None
+            (before the student's optional teacher-side Linear, which the loss applies).
     """
     features: torch.Tensor
     attn_global: Optional[torch.Tensor] = None
     attn_local: Optional[torch.Tensor] = None
 
 
-def attention_views(maps, views, num_k, kd_T, num_slices):
+def attention_views(maps, views, num_k, kd_T, num_slices, pairing="slice"):
     """Top-k attention outputs of one block's :class:`AttnMaps` for the requested ``views``
-    (``'global'``, ``'local'``); ``(global [B, N, D] | None, local [B, N, S, D] | None)``."""
+    (``'global'``, ``'local'``); ``(global [B, N, D] | None, local [B, N, S, D] | None)``.
+    ``pairing``: the local view's value pairing (``losses.topk_attention_local``)."""
     g = topk_attention_global(maps.logits, maps.v, num_k, kd_T) if "global" in views else None
-    loc = (topk_attention_local(maps.logits, maps.v, num_k, num_slices, kd_T)
+    loc = (topk_attention_local(maps.logits, maps.v, num_k, num_slices, kd_T, pairing=pairing)
            if "local" in views else None)
     return g, loc
 
@@ -75,8 +77,9 @@ class Teacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, x, bool_masked_pos, views=(), num_k=10, kd_T=1.0):
-        """Targets for a clip ``x [B, 3, T, H, W]`` hidden by ``bool_masked_pos [B, N]``.
+    def forward(self, x, bool_masked_pos, views=(), num_k=10, kd_T=1.0, pairing="slice"):
+        """Targets for a clip ``x [B, 3, T, H, W]`` hidden by ``bool_masked_pos [B, N]``;
+        ``pairing``: the local view's value pairing (the student's).
 
         ``no_grad`` rather than ``inference_mode``: the targets are saved by the student's
         loss for its backward, which inference tensors may not be.
@@ -94,5 +97,6 @@ class Teacher(nn.Module):
                 maps = maps.select(vis.nonzero()[:, 1].reshape(b, -1))
         g = loc = None
         if views:
-            g, loc = attention_views(maps, views, num_k, kd_T, enc.patch_embed.grid_size[0])
+            g, loc = attention_views(maps, views, num_k, kd_T, enc.patch_embed.grid_size[0],
+                                     pairing)
         return TeacherOutput(features=feats, attn_global=g, attn_local=loc)

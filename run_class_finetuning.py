@@ -64,6 +64,8 @@ def get_args_parser():
       "its table overrides this")
     a("--drop_path", type=float, default=0.1)
     a("--fc_drop_rate", type=float, default=0.0, help="dropout before the head")
+    a("--init_scale", type=float, default=0.001,
+      help="the new head's truncated-normal (std 0.02) weights are multiplied by this")
     a("--use_checkpoint", action="store_true", help="activation checkpointing of the blocks")
     # optimisation (VideoMAE fine-tuning defaults)
     add_optim_args(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
@@ -125,7 +127,8 @@ def build_model(args):
     """The classifier of ``--model`` (identical on every process) with ``--finetune`` loaded."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = create_classifier(args.model, num_classes=args.nb_classes,
-                              fc_drop_rate=args.fc_drop_rate, img_size=args.input_size,
+                              fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
+                              img_size=args.input_size,
                               num_frames=args.num_frames, drop_path_rate=args.drop_path,
                               use_checkpoint=args.use_checkpoint, pos_embed=args.pos_embed)
     if args.finetune:  # encoder weights must all fit; fc_norm / head are new

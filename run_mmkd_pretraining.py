@@ -25,7 +25,7 @@ from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_e
 from logger import RunLogger
 from losses import DISTILL_VIEWS, LossWeights
 from masking_generator import MASK_GENERATORS, build_masking_generator
-from model_factory import PRETRAIN_MODELS, create_student, create_teacher
+from model_factory import ARCHS, PRETRAIN_MODELS, create_student, create_teacher
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
 
@@ -73,6 +73,15 @@ def get_args_parser(teacher=True):
         a("--kd_T", type=float, default=1.0, help="attention softmax temperature")
         a("--temperature_s", type=float, default=0.1, help="MM-relation student temperature")
         a("--temperature_t", type=float, default=0.05, help="MM-relation teacher temperature")
+        a("--teacher_proj", action=argparse.BooleanOptionalAction, default=False,
+          help="a trainable teacher-side Linear (D_t -> D_t) on the teacher's attention outputs "
+          "(MM-hidden), trained with the student's projectors as in the public ViT-S recipe")
+        a("--reference_losses", action=argparse.BooleanOptionalAction, default=False,
+          help="compute the MMKD terms exactly as the public MMKD code does, to reproduce its "
+          "numbers: MM-hint over all visible tokens with the unselected ones zeroed before the "
+          "projector (x N/num_f), the local view's values paired as its VTop pairs them, and "
+          "the teacher-side Linear whenever the student is narrower than the teacher (README, "
+          "'The method, as implemented')")
     # optimisation (VideoMAE / MMKD pre-training defaults)
     add_optim_args(p, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40, opt_betas=[0.9, 0.95])
     a("--weight_decay_end", type=float, default=None, help="final wd of the cosine schedule "
@@ -131,12 +140,18 @@ def build_models(args):
         teacher = create_teacher(args.model_t, sees_all_tokens=args.teacher_sees_all, **geometry)
         if args.path_t:
             load_teacher(teacher, args.path_t)
+    kd = {}
+    if teacher:
+        # the reference mode has the teacher-side Linear where the public code has projectors
+        # (run_kd.py, student narrower than the teacher); run_mae_kd.py has none
+        narrower = ARCHS[PRETRAIN_MODELS[args.model]]["embed_dim"] != teacher.embed_dim
+        kd = dict(teacher_dim=teacher.embed_dim, views=DISTILL_VIEWS[args.distill],
+                  num_k=args.num_k, kd_T=args.kd_T,
+                  teacher_proj=args.teacher_proj or (args.reference_losses and narrower),
+                  pairing="reference" if args.reference_losses else "slice")
     student = create_student(args.model, decoder_depth=args.decoder_depth,
-                             teacher_dim=teacher.embed_dim if teacher else None,
-                             views=DISTILL_VIEWS[args.distill] if teacher else (),
-                             num_k=getattr(args, "num_k", 10), kd_T=getattr(args, "kd_T", 1.0),
                              drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint,
-                             **geometry)
+                             **kd, **geometry)
     return student, teacher
 
 
@@ -241,7 +256,8 @@ def main(args):
                 kd_T=getattr(args, "kd_T", 1.0), temperature_s=getattr(args, "temperature_s", 0.1),
                 temperature_t=getattr(args, "temperature_t", 0.05),
                 normalize_target=args.normlize_target, mean=IMAGENET_DEFAULT_MEAN,
-                std=IMAGENET_DEFAULT_STD, logger=logger)
+                std=IMAGENET_DEFAULT_STD, logger=logger,
+                reference=getattr(args, "reference_losses", False))
         except NonFiniteLossError as e:
             last = latest_checkpoint(args.output_dir)
             sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fine-tuning and 16x5x3 test of a distilled ViT-S on UCF101 (MODEL_PATH: its pre-trained checkpoint, e.g. from kd_small_k400_slurm.sh).
-# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=8] bash scripts/finetune_small_ucf_slurm.sh [extra flags]
+# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=4] bash scripts/finetune_small_ucf_slurm.sh [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, MODEL_PATH; launcher settings: see scripts/launch.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/ucf101}" "${OUTPUT_DIR:=output/finetune_small_ucf}" \
   "${MODEL_PATH:=output/kd_small_k400/checkpoint-399.pth}"
-JOB_NAME="${JOB_NAME:-finetune_small_ucf}" exec "$LAUNCH" run_class_finetuning.py \
+GPUS="${GPUS:-4}" JOB_NAME="${JOB_NAME:-finetune_small_ucf}" exec "$LAUNCH" run_class_finetuning.py \
   "${FT_RECIPE[@]}" "${FT_SMALL[@]}" "${FT_UCF[@]}" --finetune "$MODEL_PATH" \
   --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

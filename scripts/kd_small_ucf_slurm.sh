@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # MMKD distillation on UCF101 (no extra data): ViT-S student, VideoMAE ViT-B teacher pre-trained on UCF101.
-# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=8] bash scripts/kd_small_ucf_slurm.sh [extra flags]
+# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=4] bash scripts/kd_small_ucf_slurm.sh [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, TEACHER_PATH; launcher settings: see scripts/launch.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/ucf101}" "${OUTPUT_DIR:=output/kd_small_ucf}" \
   "${TEACHER_PATH:=checkpoints/videomae_base_ucf101_3200e.pth}"
-JOB_NAME="${JOB_NAME:-kd_small_ucf}" exec "$LAUNCH" run_mmkd_pretraining.py \
-  "${KD_RECIPE[@]}" "${KD_UCF[@]}" "${KD_SMALL[@]}" --path_t "$TEACHER_PATH" \
+GPUS="${GPUS:-4}" JOB_NAME="${JOB_NAME:-kd_small_ucf}" exec "$LAUNCH" run_mmkd_pretraining.py \
+  "${KD_RECIPE[@]}" "${KD_UCF[@]}" "${KD_SMALL[@]}" "${KD_SMALL_UCF[@]}" --path_t "$TEACHER_PATH" \
   --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

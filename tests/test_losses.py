@@ -1,14 +1,19 @@
-"""Every MMKD loss term against a slow loop-based reference written here from METHOD.md."""
+"""Every MMKD loss term against a slow loop-based reference written here from METHOD.md,
+and both loss modes against the public MMKD code's own float64 outputs."""
+import json
 import math
+import os
 
 import pytest
 import torch
+from safetensors import safe_open
 
+from conftest import ROOT
 from losses import (LossWeights, hint_loss, gather_tokens, mmkd_loss, pixel_targets,
                     relation_loss, select_salient_tokens, topk_attention_global,
                     topk_attention_local)
 from modeling_teacher import TeacherOutput
-from modeling_student import StudentOutput
+from modeling_student import Projector, StudentOutput
 
 torch.manual_seed(0)
 
@@ -131,3 +136,124 @@ def test_pixel_target_matches_loops():
             patch = x[0, c, ti * t:(ti + 1) * t, hi * p:(hi + 1) * p, wi * p:(wi + 1) * p] * std[c] + mean[c]
             ref = (patch - patch.mean()) / (patch.std(unbiased=True) + 1e-6)
             torch.testing.assert_close(out[0, row, c::3], ref.reshape(-1), atol=1e-5, rtol=1e-5)
+
+
+# --- the public MMKD code's own outputs (tests/data/mmkd_reference/README.md) -------------
+
+REFERENCE = os.path.join(ROOT, "tests", "data", "mmkd_reference", "cases.safetensors")
+TERMS = ("hint", "relation", "global", "local")
+
+
+def load_case(name):
+    """``(config, tensors)`` of fixture case ``name`` ('vits' or 'vitb'), float64."""
+    with safe_open(REFERENCE, "pt") as f:
+        cfg = json.loads(f.metadata()[f"{name}.config"])
+        tensors = {k[len(name) + 1:]: f.get_tensor(k) for k in f.keys() if k.startswith(name + ".")}
+    assert all(v.dtype == torch.float64 for v in tensors.values())
+    return cfg, tensors
+
+
+def fixture_projector(cfg, t, teacher_side=True):
+    """Our :class:`Projector` holding the fixture's projector weights (None for 'vitb')."""
+    if not cfg["projectors"]:
+        return None
+    proj = Projector(cfg["Ds"], cfg["Dt"], ("global", "local"), teacher_side=teacher_side).double()
+    names = {"feat.fc1": "feat_mlp.fc1", "feat.fc2": "feat_mlp.fc2",
+             "attn.global": "attn_global_s", "attn.local": "attn_local_s"}
+    if teacher_side:
+        names.update({"attn_t.global": "attn_global_t", "attn_t.local": "attn_local_t"})
+    state = {f"{ours}.{p}": t[f"{theirs}.{p}"] for ours, theirs in names.items()
+             for p in ("weight", "bias")}
+    assert set(state) == set(proj.state_dict())
+    proj.load_state_dict(state)
+    return proj
+
+
+def fixture_loss(name, reference, teacher_side=True):
+    """Our ``mmkd_loss`` on the fixture's inputs: ``(total, terms, config, tensors)``."""
+    cfg, t = load_case(name)
+    k, kd_T, S = cfg["num_k"], cfg["kd_T"], cfg["S"]
+    pairing = "reference" if reference else "slice"
+
+    def views(logits, v):
+        return (topk_attention_global(logits, v, k, kd_T),
+                topk_attention_local(logits, v, k, S, kd_T, pairing=pairing))
+
+    proj = fixture_projector(cfg, t, teacher_side)
+    student = StudentOutput(t["z_s"], *views(t["logits_s"], t["v_s"]), projector=proj)
+    teacher = TeacherOutput(t["z_t"], *views(t["logits_t"], t["v_t"]))
+    w = cfg["weights"]
+    weights = LossWeights.from_args("hybrid", w["gamma"], w["alpha"], w["beta"], w["beta_kd1"],
+                                    w["beta_kd2"], 0.0)
+    total, terms = mmkd_loss(student, teacher, weights, temperature_s=cfg["temperature_s"],
+                             temperature_t=cfg["temperature_t"], num_f=cfg["num_f"],
+                             reference=reference)
+    assert total.dtype == torch.float64 and all(v.dtype == torch.float64 for v in terms.values())
+    return total, terms, cfg, t
+
+
+def close(a, b, rel=1e-6):
+    return math.isclose(float(torch.as_tensor(a).detach()), float(torch.as_tensor(b).detach()),
+                        rel_tol=rel)
+
+
+@pytest.mark.parametrize("name", ["vits", "vitb"])
+def test_reference_mode_reproduces_the_public_code(name):
+    total, terms, cfg, t = fixture_loss(name, reference=True)
+    expect = {"hint": t["hint"], "relation": t["relation"], "global": t["global"],
+              "local": t["local_published"]}
+    for term in TERMS:
+        assert close(terms[term], expect[term]), (term, float(terms[term]), float(expect[term]))
+    assert close(total, t["total"]), (float(total), float(t["total"]))
+    if name == "vits":  # the intermediate the reference hands its student-side projector
+        torch.testing.assert_close(topk_attention_global(t["logits_s"], t["v_s"], cfg["num_k"]),
+                                   t["global_attn_s"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vits", "vitb"])
+def test_default_mode_against_the_public_code(name):
+    """Relation and global as the public code (same projections); local as its slice-fixed
+    VTop; hint over the selected tokens only, which drops the reference's |Mlp(0)|^2 term."""
+    total, terms, cfg, t = fixture_loss(name, reference=False)
+    for term, key in (("relation", "relation"), ("global", "global"), ("local", "local_fixed")):
+        assert close(terms[term], t[key]), (term, float(terms[term]), float(t[key]))
+    z_s, z_t, f = t["z_s"], t["z_t"], cfg["num_f"]
+    proj = fixture_projector(cfg, t)
+    feat = proj.feat if proj is not None else (lambda x: x)
+    B, N, D_t = z_t.shape
+    hint = 0.0
+    for b in range(B):  # the num_f tokens of largest teacher L1 norm, by loop
+        top = sorted(range(N), key=lambda i: -z_t[b, i].abs().sum().item())[:f]
+        hint += sum(((feat(z_s[b, i]) - z_t[b, i]) ** 2).sum().item() for i in top)
+    hint /= B * f * D_t
+    assert close(terms["hint"], hint)
+    zero = (feat(torch.zeros(cfg["Ds"], dtype=torch.float64)) ** 2).sum().item()
+    assert close(t["hint"] - terms["hint"], (N - f) * zero / (f * D_t))  # 0 without projector
+    gamma = cfg["weights"]["gamma"]
+    assert close(total, t["total_local_fixed"] - gamma * (t["hint"] - terms["hint"]))
+
+
+@pytest.mark.parametrize("name", ["vits", "vitb"])
+def test_default_local_term_is_a_per_slice_loop(name):
+    _, terms, cfg, t = fixture_loss(name, reference=False)
+    S, n, k = cfg["S"], cfg["n"], cfg["num_k"]
+    proj = fixture_projector(cfg, t)
+
+    def per_slice(logits, v):  # each slice's keys with that slice's own values
+        return torch.stack([topk_attention_global(logits[..., s * n:(s + 1) * n],
+                                                  v[:, :, s * n:(s + 1) * n], k)
+                            for s in range(S)], dim=2)  # [B, N, S, h * hd]
+
+    loc_s, loc_t = per_slice(t["logits_s"], t["v_s"]), per_slice(t["logits_t"], t["v_t"])
+    if proj is not None:
+        loc_s, loc_t = proj.attn["local"](loc_s), proj.attn_t["local"](loc_t)
+    assert close(terms["local"], ((loc_s - loc_t) ** 2).mean(), rel=1e-12)
+
+
+def test_teacher_side_linear_matters_and_is_optional():
+    """Without the teacher-side Linear (our default unless --teacher_proj) the ViT-S global
+    term is not the public code's; the relation term never involves a projector."""
+    _, with_t, _, t = fixture_loss("vits", reference=False)
+    _, without, _, _ = fixture_loss("vits", reference=False, teacher_side=False)
+    assert not close(without["global"], t["global"], rel=1e-2)
+    assert close(without["relation"], with_t["relation"], rel=1e-12)

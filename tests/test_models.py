@@ -52,9 +52,10 @@ def test_every_factory_name_forward_backward(size):
                        num_k=2, **GEOM)
     m = masks(s)
     out = s(torch.randn(2, 3, 4, 32, 32), m)
-    assert out.features.shape == (2, 4, 192) and out.attn_local.shape == (2, 4, 2, 192)
+    d = s.encoder.embed_dim  # raw outputs in the student's width; the loss projects them
+    assert out.tokens.shape == (2, 4, d) and out.attn_local.shape == (2, 4, 2, d)
     assert out.pixels.shape == (2, 4, 3 * 2 * 16 * 16)
-    (out.features.sum() + out.pixels.sum() + out.attn_global.sum()).backward()
+    (out.tokens.sum() + out.pixels.sum() + out.attn_global.sum()).backward()
     c = create_classifier(f"vit_{size}_patch16_224", num_classes=7, **GEOM)
     c(torch.randn(1, 3, 4, 32, 32)).sum().backward()
     assert set(PRETRAIN_MODELS) == {f"pretrain_videomae_{s}_patch16_224" for s in ARCHS}
@@ -93,10 +94,12 @@ def test_videomae_state_dict_keys():
 
 
 def test_teacher_frozen_student_and_projector_move():
+    """The student's projectors, the teacher-side Linear included, get gradients, are in the
+    optimizer and move; the teacher's encoder gets none and stays unchanged."""
     torch.manual_seed(0)
     t = create_teacher("pretrain_videomae_small_patch16_224", **GEOM)
     s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1, teacher_dim=384,
-                       num_k=2, **GEOM)
+                       num_k=2, teacher_proj=True, **GEOM)
     s.train()
     t.train()  # must stay in eval
     assert not t.training and not t.encoder.training
@@ -110,11 +113,16 @@ def test_teacher_frozen_student_and_projector_move():
     assert not t_out.features.requires_grad
     loss, _ = mmkd_loss(s(x, m), t_out, w, pixel_targets(x, m, 2, 16, (0.5,) * 3, (0.2,) * 3), num_f=3)
     loss.backward()
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    for n, p in s.projector.attn_t.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0 and id(p) in in_opt, n
     opt.step()
     assert all(p.grad is None and not p.requires_grad for p in t.parameters())
     assert all(torch.equal(v, before_t[k]) for k, v in t.state_dict().items())
     after = s.state_dict()
-    for prefix in ("encoder.blocks.11.", "projector.feat.", "projector.attn.global", "projector.attn.local", "decoder."):
+    for prefix in ("encoder.blocks.11.", "projector.feat.", "projector.attn.global",
+                   "projector.attn.local", "projector.attn_t.global", "projector.attn_t.local",
+                   "decoder."):
         assert any(not torch.equal(after[k], before_s[k]) for k in after if k.startswith(prefix)), prefix
 
 
@@ -149,14 +157,57 @@ def test_activation_checkpointing_matches():
                        num_k=2, **GEOM)
     x, m = torch.randn(2, 3, 4, 32, 32), masks(s)
     out1 = s(x, m)
-    (out1.features.sum() + out1.attn_global.sum()).backward()
+    (out1.tokens.sum() + out1.attn_global.sum()).backward()
     g1 = [p.grad.clone() for p in s.parameters() if p.grad is not None]
     s.zero_grad()
     s.set_grad_checkpointing(True)
     out2 = s(x, m)
-    (out2.features.sum() + out2.attn_global.sum()).backward()
+    (out2.tokens.sum() + out2.attn_global.sum()).backward()
     g2 = [p.grad.clone() for p in s.parameters() if p.grad is not None]
-    torch.testing.assert_close(out1.features, out2.features)
+    torch.testing.assert_close(out1.tokens, out2.tokens)
     assert len(g1) == len(g2)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _xavier(w):
+    """xavier_uniform_: every entry within +-sqrt(6 / (fan_in + fan_out)), std bound / sqrt(3)."""
+    bound = (6 / sum(w.shape)) ** 0.5
+    return w.abs().max() <= bound and abs(w.std().item() / (bound / 3 ** 0.5) - 1) < 0.1
+
+
+def _torch_default(layer):
+    """nn.Linear / nn.Conv3d default: kaiming-uniform weights and biases within 1/sqrt(fan_in),
+    so the bias is not zero and the weights are not xavier's."""
+    fan_in = layer.weight[0].numel()
+    bound = fan_in ** -0.5
+    return (layer.weight.abs().max() <= bound and layer.bias is not None
+            and layer.bias.abs().max() <= bound and layer.bias.abs().sum() > 0)
+
+
+def test_initialisation_follows_the_reference_code_bases():
+    """VideoMAE's pre-training init for student (encoder, decoder) and teacher; PyTorch's
+    default for the tubelet Conv3d, encoder_to_decoder and the MMKD projectors; VideoMAE's
+    fine-tuning init (truncated normal 0.02, head x init_scale) for the classifier."""
+    torch.manual_seed(0)
+    s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1, teacher_dim=384,
+                       num_k=2, teacher_proj=True, **GEOM)
+    t = create_teacher("pretrain_videomae_tiny_patch16_224", **GEOM)
+    for name, enc in (("student", s.encoder), ("decoder", s.decoder), ("teacher", t.encoder)):
+        linears = [m for m in enc.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(_xavier(m.weight) for m in linears), name
+        assert all(m.bias is None or not m.bias.any() for m in linears), name
+        norms = [m for m in enc.modules() if isinstance(m, torch.nn.LayerNorm)]
+        assert all(m.weight.eq(1).all() and not m.bias.any() for m in norms), name
+    assert _torch_default(s.encoder.patch_embed.proj) and _torch_default(t.encoder.patch_embed.proj)
+    e2d = s.encoder_to_decoder.weight  # no bias; PyTorch's kaiming-uniform, not xavier
+    assert e2d.abs().max() <= e2d.shape[1] ** -0.5 and not _xavier(e2d)
+    assert s.mask_token.abs().max() <= 0.02 and s.mask_token.std() > 0.005
+    p = s.projector
+    for layer in (p.feat.fc1, p.feat.fc2, *p.attn.values(), *p.attn_t.values()):
+        assert _torch_default(layer)
+    c = create_classifier("vit_tiny_patch16_224", num_classes=10, init_scale=0.5, **GEOM)
+    qkv = c.blocks[0].attn.qkv.weight
+    assert abs(qkv.std().item() / 0.02 - 1) < 0.05 and not c.blocks[0].mlp.fc1.bias.any()
+    assert abs(c.head.weight.std().item() / 0.01 - 1) < 0.1 and not c.head.bias.any()
+    assert _torch_default(c.patch_embed.proj)

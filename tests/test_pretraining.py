@@ -59,7 +59,7 @@ def test_distill_two_epochs_resume_and_finite_losses(anno, teacher_ckpt, tmp_pat
     common = ["--data_path", anno, "--data_root", VIDEOS, "--model_t",
               "pretrain_videomae_tiny_patch16_224", "--path_t",
               os.path.join(teacher_ckpt, "checkpoint-0.pth"), "--num_k", "2", "--num_f", "4",
-              "--output_dir", out, "--log_dir", str(tmp_path / "tb"), *TINY]
+              "--teacher_proj", "--output_dir", out, "--log_dir", str(tmp_path / "tb"), *TINY]
     run(common + ["--epochs", "1"])
     first = torch.load(os.path.join(out, "checkpoint-0.pth"), weights_only=True)
     run(common + ["--epochs", "2"])  # auto-resumes from checkpoint-0
@@ -80,6 +80,10 @@ def test_distill_two_epochs_resume_and_finite_losses(anno, teacher_ckpt, tmp_pat
     assert second["step"] == 2 * steps
     assert all(s["step"].item() == 2 * steps for s in second["optimizer"]["state"].values())
     assert not any(k.startswith("teacher") for k in second["model"])
+    # the teacher-side Linear is the student's: in its checkpoint and its optimizer
+    assert {f"projector.attn_t.{v}.{p}" for v in ("global", "local") for p in ("weight", "bias")} \
+        <= set(second["model"])
+    assert len(second["optimizer"]["state"]) == len(second["model"])  # every parameter steps
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
 
 
