@@ -34,6 +34,12 @@ FIGURES = {  # part: lines its section of the summary shows
 }
 
 
+def test_gpu_limits_add_up_to_eight_minutes():
+    limits = re.findall(r"^part (\w+) (\d+) ", open(SCRIPT).read(), re.M)
+    assert [name for name, _ in limits] == PARTS
+    assert sum(int(limit) for _, limit in limits) == 480
+
+
 def section(summary, name):
     """The summary's lines from ``== name:`` to the next blank line."""
     m = re.search(rf"^== {name}: .*?(?=\n\n|\Z)", summary, re.M | re.S)
