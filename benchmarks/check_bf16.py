@@ -16,8 +16,9 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 import torch.nn.functional as F
 
+import losses
 from bench_pretrain_step import DistillStep
-from common import add_common_args, arg_parser, device_description, setup
+from common import arg_parser, device_description, setup
 from engine_for_pretraining import forward_losses
 
 
@@ -45,15 +46,19 @@ def compare(ref, low, rtol, atol=1e-6):
 
 
 def main(argv=None):
-    p = add_common_args(arg_parser(__doc__.splitlines()[0]))
+    p = arg_parser(__doc__.splitlines()[0])
     a = p.add_argument
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--small", action="store_true", help="tiny sizes that run on a CPU in seconds")
+    a("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    a("--seed", type=int, default=0)
     a("--student", default=None, help="default B (--small: T)")
     a("--teacher", default=None, help="default B (--small: S)")
     a("--batch_size", type=int, default=None, help="default 8 (--small: 2)")
     a("--num_frames", type=int, default=None)
     a("--input_size", type=int, default=None)
     a("--mask_ratio", type=float, default=0.9)
-    a("--distill", default="hybrid")
+    a("--distill", default="hybrid", choices=sorted(losses.DISTILL_VIEWS))
     a("--rtol", type=float, default=0.01, help="largest relative difference of a term")
     a("--min_grad_cos", type=float, default=0.99,
       help="smallest cosine similarity of the student's bf16 and float32 gradients")
@@ -61,8 +66,10 @@ def main(argv=None):
     device = setup(args)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     small = args.small
-    student, teacher = args.student or ("T" if small else "B"), args.teacher or ("S" if small else "B")
-    frames, size = args.num_frames or (4 if small else 16), args.input_size or (96 if small else 224)
+    student = args.student or ("T" if small else "B")
+    teacher = args.teacher or ("S" if small else "B")
+    frames = args.num_frames or (4 if small else 16)
+    size = args.input_size or (96 if small else 224)
     batch = args.batch_size or (2 if small else 8)
     bench = DistillStep(device, student, teacher, batch, frames, size, args.mask_ratio,
                         args.distill)

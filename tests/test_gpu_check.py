@@ -91,3 +91,13 @@ def test_usage_errors(tmp_path, argv, message):
                          timeout=60)
     assert res.returncode == 2 and res.stderr.startswith(message), res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_check_bf16_fails_beyond_its_tolerance(monkeypatch, capsys):
+    """The bf16 check's verdict follows its tolerance (the dry run above shows it passing)."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import check_bf16
+    with pytest.raises(SystemExit, match=r"MMKD bf16 vs float32: FAILED \(terms beyond 1e-07 %: "
+                                         r"loss, hint, relation"):
+        check_bf16.main(["--small", "--device", "cpu", "--rtol", "1e-9"])
+    assert "relation" in capsys.readouterr().out
