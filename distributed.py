@@ -72,8 +72,11 @@ def init_distributed_mode(args):
         args.gpu %= torch.cuda.device_count()
         torch.cuda.set_device(args.gpu)
         args.device = f"cuda:{args.gpu}"
-    dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
-                            world_size=args.world_size, rank=args.rank)
+    backend = "nccl" if use_cuda else "gloo"
+    dist.init_process_group(backend, init_method="env://", world_size=args.world_size,
+                            rank=args.rank)
+    print(f"distributed: rank {args.rank} of {args.world_size}, {backend} on {args.device}, "
+          f"master {addr}:{port}", flush=True)
     dist.barrier()
     if args.rank != 0:
         import builtins

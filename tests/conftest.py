@@ -1,5 +1,7 @@
-"""Shared test set-up: the repo root on sys.path, where the bundled real clips live, and a
-fixture that makes ViT-Ti two blocks deep."""
+"""Shared test set-up: the repo root on sys.path, where the bundled real clips live, a
+fixture that makes ViT-Ti two blocks deep, and the ``cuda`` marker: tests that need a CUDA
+device are marked ``@pytest.mark.cuda`` and skipped where none is visible (``pytest -m cuda``
+runs only them; ``benchmarks/gpu_check.sh`` does)."""
 import os
 import sys
 
@@ -19,3 +21,20 @@ def two_block_tiny():
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(model_factory.ARCHS, "tiny", dict(model_factory.ARCHS["tiny"], depth=2))
         yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped where none is "
+                                       "visible; run them alone with `pytest -m cuda`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none is visible)")
+    for item in marked:
+        item.add_marker(skip)
