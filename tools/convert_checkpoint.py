@@ -71,7 +71,7 @@ def main(argv=None):
     elif args.command == "to-hf":
         id2label = None
         if args.labels:
-            with open(args.labels) as f:
+            with open(args.labels, encoding="utf-8-sig") as f:
                 id2label = dict(enumerate(line.strip() for line in f if line.strip()))
         hf = export_to_hf(build_ours(args), args.output_dir, id2label)
         print(f"wrote {type(hf).__name__} to {args.output_dir}")
@@ -83,5 +83,14 @@ def main(argv=None):
               f"{config.num_hidden_layers} blocks) to {args.output}")
 
 
+def cli(argv=None):
+    """:func:`main` with its errors (a missing, unreadable, refused or unfitting checkpoint, a
+    file that cannot be written) as one ``error:`` message and exit status 1, no traceback."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
 if __name__ == "__main__":
-    main()
+    cli()
