@@ -3,12 +3,14 @@ temporary files of runs that were killed while saving.
 
 Two runs writing one ``--output_dir`` would interleave ``log.json`` and overwrite each other's
 checkpoints, so a run takes a lock on ``<output_dir>/.run.lock`` before it builds anything
-and keeps it until it ends. The lock is a POSIX record lock (``fcntl.lockf``): the kernel
-drops it when the process ends, however it ends, so a killed run leaves nothing stuck; and,
-unlike ``flock``, forked data-loader workers do not inherit it, so they cannot keep it alive
-after their parent died. NFS supports these locks; a file system that does not (Lustre
-mounted without ``flock``) gets a warning and no lock. The lock file holds the holder's pid,
-host, start time and command, which a second run prints when it refuses the directory.
+and keeps it until it ends. The lock is ``fcntl.flock``: the kernel drops it when the
+process ends, however it ends, so a killed run leaves nothing stuck. Forked children
+(data-loader workers) close their copy of the lock file at once, so they cannot keep the
+lock alive after their parent died. (A POSIX ``lockf`` lock would not be inherited, but is
+dropped when the process closes *any* descriptor of the file.) NFS supports these locks; a
+file system that does not (Lustre mounted without ``flock``) gets a warning and no lock.
+The lock file holds the holder's pid, host, start time and command, which a second run
+prints when it refuses the directory.
 
 Under DDP only rank 0 takes the lock and checks the directory; every rank gets its verdict.
 """
@@ -54,9 +56,9 @@ def lock_output_dir(output_dir):
     except OSError as e:
         raise _not_writable("--output_dir", output_dir, e) from None
     try:
-        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EAGAIN):
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             f.close()
             print(f"warning: cannot lock --output_dir {output_dir} on this file system "
                   f"({e.strerror}); make sure no other run writes to it")
@@ -73,6 +75,16 @@ def lock_output_dir(output_dir):
     f.flush()
     _held[path] = f
     return f
+
+
+def _forget_locks_in_child():
+    """In a forked child: close the inherited lock files (the parent keeps its locks)."""
+    for f in _held.values():
+        f.close()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 def release_output_dir(output_dir):

@@ -85,11 +85,14 @@ def main(argv=None):
 
 def cli(argv=None):
     """:func:`main` with its errors (a missing, unreadable, refused or unfitting checkpoint, a
-    file that cannot be written) as one ``error:`` message and exit status 1, no traceback."""
+    file that cannot be written) as one ``error:`` message naming the input and exit status
+    1, no traceback."""
+    args = get_args_parser().parse_args(argv)
+    source = getattr(args, "checkpoint", None) or getattr(args, "hf_dir", "")
     try:
         main(argv)
     except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if source in str(e) else f"error: {source}: {e}")
 
 
 if __name__ == "__main__":
