@@ -3,7 +3,9 @@ before anything is built, so that a value outside its range stops the run with o
 naming the flag and what is allowed (instead of a traceback from the data loader, a NaN loss
 epochs later, or a silently changed setting).
 
-A flag joins by adding a row to :data:`FLAG_RANGES`; a script checks the flags it has
+The training scripts, ``extract_features.py``, ``run_vis.py`` and
+``tools/convert_checkpoint.py`` all check their flags here. A flag joins by adding a row to
+:data:`FLAG_RANGES`; a script checks the flags it has
 (``check_flags(args)`` skips names the parser does not define, and values left at None,
 which mean "not set" / "the default"). Checks that relate two flags or a flag and the model
 (divisibility by the tubelet, ``--num_k`` against the visible tokens) stay in the scripts'
@@ -54,7 +56,7 @@ FLAG_RANGES = {
     # clip geometry and sampling
     "num_frames": AT_LEAST_1, "input_size": AT_LEAST_1, "sampling_rate": AT_LEAST_1,
     "short_side_size": AT_LEAST_1, "num_sample": AT_LEAST_1, "test_num_segment": AT_LEAST_1,
-    "nb_classes": AT_LEAST_1,
+    "num_segments": AT_LEAST_1, "nb_classes": AT_LEAST_1,
     # optimisation
     "lr": POSITIVE, "min_lr": AT_LEAST_0, "warmup_lr": AT_LEAST_0, "warmup_epochs": AT_LEAST_0,
     "warmup_steps": Range(-1), "weight_decay": AT_LEAST_0, "weight_decay_end": AT_LEAST_0,

@@ -34,9 +34,9 @@ from checkpoint import (CheckpointWriteError, checkpoint_candidates, first_loada
 from datasets import DATA_SETS
 from deepspeed_utils import (add_deepspeed_args, build_deepspeed_config, init_deepspeed,
                              input_dtype, require_deepspeed)
-from flag_checks import check_flags
 from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep, evaluate,
                                    multiview_test, train_one_epoch)
+from flag_checks import check_flags
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, create_classifier
 from modeling_encoder import compile_blocks

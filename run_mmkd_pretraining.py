@@ -243,7 +243,8 @@ def main(args):
         print(f"epoch {epoch}: {terms} | lr {stats['lr']:.3e} | {stats['clips_per_s']:.2f} clips/s "
               f"| data {stats['data_time']:.3f}s / step {stats['step_time']:.3f}s | skipped "
               f"{stats['skipped_videos']} corrupted videos")
-        saving = args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs)
+        saving = args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0
+                                      or epoch + 1 == args.epochs)
         save_error = None
         if saving and du.is_main_process():
             try:

@@ -54,6 +54,7 @@ from checkpoint import load_checkpoint, load_weights, unwrap_state_dict, load_te
 from datasets.sampling import dense_test_indices  # noqa: E402
 from datasets.transforms import EvalTransform  # noqa: E402
 from datasets.video_io import VideoDecodeError, load_frames  # noqa: E402
+from flag_checks import check_flags  # noqa: E402
 from losses import pixel_targets  # noqa: E402
 from masking_generator import MASK_GENERATORS, build_masking_generator  # noqa: E402
 from model_factory import PRETRAIN_MODELS, create_student, create_teacher  # noqa: E402
@@ -639,6 +640,7 @@ def one_line(e):
 
 def main(args):
     try:
+        check_flags(args)
         summary = visualise(args)
     except (ValueError, FileNotFoundError, VideoDecodeError) as e:
         sys.exit(f"error: {one_line(e)}")

@@ -180,7 +180,8 @@ def _features(root, out):
 ENTRY_POINTS = {  # name -> fn(data, crafted root, a fresh directory)
     "finetune --finetune": lambda d, r, o: finetune(d, "--finetune", r, "--output_dir", o),
     "finetune --resume": lambda d, r, o: finetune(d, "--resume", r, "--output_dir", o),
-    "finetune --resume tag": lambda d, r, o: finetune(d, "--resume", os.path.join(r, "checkpoint-0")),
+    "finetune --resume tag": lambda d, r, o: finetune(d, "--resume",
+                                                      os.path.join(r, "checkpoint-0")),
     "finetune auto-resume": lambda d, r, o: finetune(d, "--output_dir", r),
     "finetune --eval": lambda d, r, o: finetune(d, "--eval", "--output_dir", r),
     "pretrain --path_t": lambda d, r, o: pretrain(d, "--path_t", r, "--output_dir", o),
@@ -408,13 +409,51 @@ def test_every_bad_flag_in_one_line_and_the_exit_status():
                             "--num_k must be >= 1, got 0", "--num_f must be >= 1, got 0")
 
 
+def _tool_defaults():
+    import extract_features
+    import run_vis
+    return [vars(rmp.get_args_parser().parse_args(["--data_path", "x"])),
+            vars(rmp.get_args_parser(teacher=False).parse_args(["--data_path", "x"])),
+            vars(rcf.get_args_parser().parse_args(["--data_path", "x"])),
+            vars(extract_features.get_args_parser().parse_args(["--checkpoint", "c", "--videos",
+                                                                "v", "--output", "o"])),
+            vars(run_vis.get_args_parser().parse_args(["v.mp4", "out"])),
+            vars(convert_checkpoint.get_args_parser().parse_args(
+                ["to-hf", "--checkpoint", "c", "--model", "vit_tiny_patch16_224",
+                 "--output_dir", "o"]))]
+
+
 def test_every_flag_in_the_table_exists_and_defaults_pass():
     """The table names real flags (a typo would check nothing), and every default passes."""
-    pre = vars(rmp.get_args_parser().parse_args(["--data_path", "x"]))
-    ft = vars(rcf.get_args_parser().parse_args(["--data_path", "x"]))
-    assert set(FLAG_RANGES) <= set(pre) | set(ft), set(FLAG_RANGES) - set(pre) - set(ft)
-    for defaults in (pre, ft):
-        assert flag_errors(argparse.Namespace(**defaults)) == []
+    defaults = _tool_defaults()
+    known = set().union(*defaults)
+    assert set(FLAG_RANGES) <= known, set(FLAG_RANGES) - known
+    for d in defaults:
+        assert flag_errors(argparse.Namespace(**d)) == []
+
+
+def _features_flag(tmp_path, flag):
+    import extract_features
+    extract_features.main(["--checkpoint", "c.pth", "--videos", "v.mp4", "--output",
+                           str(tmp_path / "f.pt"), flag])
+
+
+def _vis_flag(tmp_path, flag):
+    import run_vis
+    run_vis.main(run_vis.get_args_parser().parse_args(["v.mp4", str(tmp_path / "v"), flag]))
+
+
+@pytest.mark.parametrize("tool, flag, message", [
+    (_features_flag, "--num_segments=0", "--num_segments must be >= 1, got 0"),
+    (_features_flag, "--batch_size=0", "--batch_size must be >= 1, got 0"),
+    (_vis_flag, "--kd_T=0", "--kd_T must be > 0, got 0.0"),
+    (_vis_flag, "--num_k=0", "--num_k must be >= 1, got 0"),
+    (lambda t, f: convert_checkpoint.cli(["to-hf", "--checkpoint", "c.pth", "--model",
+                                          "vit_tiny_patch16_224", "--output_dir", str(t), f]),
+     "--nb_classes=0", "--nb_classes must be >= 1, got 0"),
+])
+def test_bad_flag_in_the_other_tools(tool, flag, message, tmp_path):
+    assert message in exit_message(tool, tmp_path, flag)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoint import (checkpoint_filter_fn, checkpoint_kind, load_checkpoint,  # noqa: E402
                         load_weights, save_checkpoint, unwrap_state_dict)
+from flag_checks import check_flags  # noqa: E402
 from hf_interop import export_to_hf, from_hf  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
 
@@ -90,9 +91,11 @@ def cli(argv=None):
     args = get_args_parser().parse_args(argv)
     source = getattr(args, "checkpoint", None) or getattr(args, "hf_dir", "")
     try:
+        check_flags(args)
         main(argv)
     except (ValueError, OSError) as e:
-        sys.exit(f"error: {e}" if source in str(e) else f"error: {source}: {e}")
+        sys.exit(f"error: {e}" if source in str(e) or str(e).startswith("--")
+                 else f"error: {source}: {e}")
 
 
 if __name__ == "__main__":
