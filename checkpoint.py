@@ -21,6 +21,7 @@ import argparse
 import glob
 import os
 import re
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -29,17 +30,57 @@ from modeling_encoder import (POS_EMBED_TABLES, VideoViTEncoder, sincos_3d_table
                               sinusoid_table)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, read-only or failing storage).
+    The message is one line naming the file, the reason and the free space left."""
+
+    @classmethod
+    def from_exception(cls, path, e):
+        """The error for ``e`` (an ``OSError``, or the ``RuntimeError`` torch's zip writer
+        raises) met while writing ``path``; its errno is looked for along the exception chain."""
+        chain = [e]
+        while len(chain) < 10 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        reasons = [x.strerror for x in chain if isinstance(x, OSError) and x.strerror]
+        reason = reasons[0] if reasons else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return cls(f"cannot write checkpoint {path}: {reason} ({_free_space(path)} free on "
+                   f"its file system); earlier checkpoints are untouched")
+
+
+def _free_space(path):
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        return "unknown space"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if free < 1024 or unit == "GB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+
+
 def save_checkpoint(path, state):
-    """Write ``state`` to ``path`` atomically: into a temporary file in the same directory,
-    flushed to disk, then renamed over ``path``, so a crash never leaves a torn file and the
-    previous checkpoint stays until the new one is complete."""
+    """Write ``state`` to ``path`` atomically: into a temporary file ``<path>.tmp.<pid>`` in
+    the same directory, flushed to disk, then renamed over ``path``, so a crash never leaves a
+    torn file and the previous checkpoint stays until the new one is complete. Temporary
+    files of killed runs are removed when the next run claims the directory
+    (``run_dir.claim_output_dir``).
+
+    Raises:
+        CheckpointWriteError: the file could not be written (disk full, ...); the temporary
+            file is removed first.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointWriteError.from_exception(path, e) from None
 
 
 # Weight files looked for inside a directory, in order: Hugging Face (save_pretrained), then
@@ -543,6 +584,11 @@ def checkpoint_filter_fn(ckpt, model, src_grid=None):
     return {(prefix + k if k.startswith(_ENCODER_ROOTS) else k): v for k, v in state.items()}
 
 
+class KeyMismatchError(ValueError):
+    """A state dict that does not fit its module: the first line names the checkpoint and
+    the module, each further line one kind of mismatch (wrong shape, missing, unexpected)."""
+
+
 def load_weights(module, state, source, allow_missing=(), allow_unexpected=()):
     """Load ``state`` into ``module``, failing loudly instead of leaving weights random.
 
@@ -555,7 +601,8 @@ def load_weights(module, state, source, allow_missing=(), allow_unexpected=()):
     Returns:
         ``(missing, unexpected)`` key lists that were allowed.
     Raises:
-        ValueError: listing every missing, unexpected or wrongly shaped key that is not allowed.
+        KeyMismatchError: (a ValueError) listing every missing, unexpected or wrongly shaped
+            key that is not allowed.
     """
     own = module.state_dict()
     shape_bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -571,7 +618,7 @@ def load_weights(module, state, source, allow_missing=(), allow_unexpected=()):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:12])
                              + (" ..." if len(keys) > 12 else ""))
-        raise ValueError("\n".join(lines))
+        raise KeyMismatchError("\n".join(lines))
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return missing, unexpected
 
@@ -644,17 +691,80 @@ def load_teacher(teacher, path):
     return load_pretrained(teacher.encoder, path, path)
 
 
-def latest_checkpoint(output_dir):
-    """The newest checkpoint in ``output_dir``: the ``checkpoint-<epoch>.pth`` of the highest
-    epoch, else ``output_dir`` itself when DeepSpeed saved there (its ``latest`` tag file);
-    None when there is neither or ``output_dir`` is empty."""
-    if not output_dir:
-        return None
+def checkpoint_candidates(directory):
+    """The checkpoints a run wrote in ``directory``, newest first: ours
+    (``checkpoint-<epoch>.pth``) and DeepSpeed tag directories (``checkpoint-<epoch>/``) up to
+    the one its ``latest`` file names (a newer tag directory is an unfinished save; without
+    ``latest`` no DeepSpeed save finished). Empty when there are none."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    latest_tag = None
+    if os.path.isfile(os.path.join(directory, "latest")):
+        with open(os.path.join(directory, "latest")) as f:
+            latest_tag = f.read().strip()
+    latest_epoch = re.fullmatch(r"checkpoint-(\d+)", latest_tag or "")
     found = []
-    for p in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
-        m = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(p))
-        if m:
-            found.append((int(m.group(1)), p))
-    if found:
-        return max(found)[1]
-    return output_dir if os.path.isfile(os.path.join(output_dir, "latest")) else None
+    for name in os.listdir(directory):
+        m = re.fullmatch(r"checkpoint-(\d+)(\.pth)?", name)
+        path = os.path.join(directory, name)
+        if not m or name == latest_tag:
+            continue
+        if m[2] and os.path.isfile(path):
+            found.append((int(m[1]), path))
+        elif not m[2] and latest_epoch and int(m[1]) < int(latest_epoch[1]) and os.path.isdir(path):
+            found.append((int(m[1]), path))
+    newest = [os.path.join(directory, latest_tag)] if latest_tag else []
+    return newest + [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(output_dir):
+    """The newest checkpoint in ``output_dir`` (:func:`checkpoint_candidates`), or None."""
+    found = checkpoint_candidates(output_dir)
+    return found[0] if found else None
+
+
+def first_loadable(paths, load=load_checkpoint, warn=print):
+    """``(path, load(path))`` for the first of ``paths`` (newest first) that loads. Each one
+    that does not (corrupt, truncated, refused by safe loading) is skipped with a warning
+    naming it, so a run killed while writing its newest checkpoint resumes from the one
+    before.
+
+    Raises:
+        ValueError / FileNotFoundError: the only path does not load (its own error), or none
+            of several does (naming the newest; the warnings name the others).
+    """
+    errors = []
+    for path in paths:
+        try:
+            return path, load(path)
+        except (ValueError, FileNotFoundError) as e:
+            if len(paths) == 1:
+                raise
+            errors.append(e)
+            warn(f"warning: skipping checkpoint {path}, which does not load: {e}")
+    raise ValueError(f"none of the {len(paths)} checkpoints in "
+                     f"{os.path.dirname(os.path.normpath(paths[0]))} loads (newest "
+                     f"{paths[0]}: {errors[0]})")
+
+
+def load_resume_checkpoint(resume, output_dir, auto_resume=True):
+    """The checkpoint a run resumes from, loaded safely: ``resume`` (``--resume``: a file, a
+    DeepSpeed tag directory, or a run's output directory, meaning its newest checkpoint that
+    loads), else with ``auto_resume`` the newest checkpoint of ``output_dir`` that loads.
+
+    Returns:
+        ``(path, checkpoint)``, or ``(None, None)`` when there is nothing to resume from.
+    Raises:
+        FileNotFoundError / ValueError: one line naming the file or directory.
+    """
+    if resume:
+        if os.path.isdir(resume) and not os.listdir(resume):
+            raise FileNotFoundError(f"--resume {resume} is an empty directory; expected a "
+                                    f"checkpoint file or a directory a run saved checkpoints in")
+        candidates = checkpoint_candidates(resume)
+        return first_loadable(candidates) if candidates else (resume, load_checkpoint(resume))
+    if auto_resume and output_dir:
+        candidates = checkpoint_candidates(output_dir)
+        if candidates:
+            return first_loadable(candidates)
+    return None, None

@@ -113,6 +113,8 @@ def init_deepspeed(model, optimizer, config):
     single-process run gets a one-process group (gloo on CPU, NCCL on CUDA; ``RANK``,
     ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` set in the environment if absent).
 
+    The engine reads checkpoints (``engine.load_checkpoint``) only through :func:`safe_load`.
+
     Returns:
         ``(engine, optimizer)``: call ``engine(x)``, ``engine.backward(loss)``,
         ``engine.step()``; the returned optimizer's ``param_groups`` are the ones our lr
@@ -128,7 +130,30 @@ def init_deepspeed(model, optimizer, config):
     backend = "nccl" if next(model.parameters()).is_cuda else "gloo"
     ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     engine, optimizer, _, _ = ds.initialize(model=model, optimizer=optimizer, config=config)
+    engine.checkpoint_engine.load = safe_load  # DeepSpeed would unpickle with weights_only=False
     return engine, optimizer
+
+
+def deepspeed_safe_globals():
+    """The DeepSpeed classes its ZeRO optimizer-state files hold besides tensors (an enum, a
+    dataclass of two ints, the loss-scaler records), which safe loading may rebuild: none of
+    them runs code when unpickled."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [DynamicLossScaler, LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path, map_location=None):
+    """DeepSpeed's checkpoint-engine ``load``, through ``checkpoint.load_checkpoint``
+    (``torch.load(weights_only=True)``, on the CPU; DeepSpeed moves what it loads to the
+    device) with :func:`deepspeed_safe_globals` allowed: a DeepSpeed checkpoint never runs code.
+
+    Raises:
+        ValueError: one line naming the file that safe loading refuses or cannot read.
+    """
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        return load_checkpoint(path)
 
 
 def load_deepspeed_weights(path):

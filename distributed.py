@@ -128,6 +128,16 @@ def every_rank(flag, device="cpu"):
     return bool(t.item())
 
 
+def broadcast_from_main(value):
+    """Rank 0's ``value`` (any picklable object) on every process; ``value`` itself when
+    not distributed."""
+    if not is_dist():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_sum(value, device="cpu"):
     """Sum a number over processes."""
     if not is_dist():

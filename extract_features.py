@@ -32,6 +32,7 @@ from checkpoint import canonical_state_dict, load_checkpoint, load_pretrained
 from datasets.sampling import dense_test_indices
 from datasets.transforms import EvalTransform
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation
+from flag_checks import check_flags
 from model_factory import ARCHS, CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier
 from modeling_encoder import POS_EMBED_TABLES, VideoViTEncoder
 from modeling_finetune import VisionTransformer
@@ -212,6 +213,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     try:
+        check_flags(args)
         if args.anno:
             samples = read_annotation(args.anno, args.data_root)
             paths, labels = [p for p, _ in samples], [lab for _, lab in samples]

@@ -28,18 +28,22 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import distributed as du
-from checkpoint import (adopt_position_table, latest_checkpoint, load_checkpoint, load_pretrained,
+from checkpoint import (CheckpointWriteError, adopt_position_table, checkpoint_candidates,
+                        first_loadable, latest_checkpoint, load_pretrained,
+                        load_resume_checkpoint,
                         save_checkpoint, unwrap_state_dict)
 from datasets import DATA_SETS
 from deepspeed_utils import (add_deepspeed_args, build_deepspeed_config, init_deepspeed,
                              input_dtype, require_deepspeed)
 from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep, evaluate,
                                    multiview_test, train_one_epoch)
+from flag_checks import check_flags
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, create_classifier
 from modeling_encoder import POS_EMBED_TABLES, compile_blocks
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
+from run_dir import claim_output_dir, releases_output_dir
 
 
 def get_args_parser():
@@ -112,8 +116,6 @@ def resolve_args(args, model):
     if args.short_side_size < args.input_size:
         raise ValueError(f"--short_side_size {args.short_side_size} is smaller than the "
                          f"--input_size {args.input_size} crops")
-    if args.test_num_segment < 1 or args.num_sample < 1:
-        raise ValueError("--test_num_segment and --num_sample must be >= 1")
     args.token_grid = list(model.patch_embed.grid_size)
     args.pos_embed = model.pos_embed_type  # as loaded: checkpoints record the table used
     scale_lrs(args)
@@ -199,17 +201,17 @@ def build_training(args, model, steps_per_epoch):
 def setup(args):
     """Everything before the first step; bad input fails here with one clear message.
     Returns ``(model, loaders)`` with ``loaders`` a dict of ``(dataset, loader, sampler)``."""
+    check_flags(args)
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is visible; use --device cpu")
     if args.enable_deepspeed:
         require_deepspeed()  # ImportError saying how to install it, before any data is read
-    for flag in ("epochs", "batch_size", "update_freq", "save_ckpt_freq"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.resume and not os.path.exists(args.resume):
         raise FileNotFoundError(f"--resume checkpoint {args.resume!r} does not exist")
     du.init_distributed_mode(args)
-    args.nb_classes = args.nb_classes or DATA_SETS[args.data_set]["nb_classes"]
+    claim_output_dir(args.output_dir, args.log_dir)
+    if args.nb_classes is None:
+        args.nb_classes = DATA_SETS[args.data_set]["nb_classes"]
     model = build_model(args)
     resolve_args(args, model)
     modes = ("test",) if args.eval else ("train", "validation", "test")
@@ -229,11 +231,11 @@ def _resume(args, model, optimizer=None, scaler=None):
     (ours or a DeepSpeed one); sets ``args.start_epoch``. Returns the path, or None.
 
     Raises:
-        ValueError: the checkpoint cannot be loaded or does not fit the model."""
-    path = args.resume or (latest_checkpoint(args.output_dir) if args.auto_resume else None)
+        ValueError, FileNotFoundError: the checkpoint cannot be loaded or does not fit the
+            model."""
+    path, ckpt = load_resume_checkpoint(args.resume, args.output_dir, args.auto_resume)
     if not path:
         return None
-    ckpt = load_checkpoint(path)
     args.pos_embed = adopt_position_table(model, ckpt, path)
     try:
         model.load_state_dict(unwrap_state_dict(ckpt))
@@ -251,19 +253,36 @@ def _resume(args, model, optimizer=None, scaler=None):
 def _resume_deepspeed(args, engine):
     """DeepSpeed's resume (weights, ZeRO optimizer partitions, loss scale) from ``--resume``
     (a DeepSpeed save directory or one of its tag directories) or, with ``--auto_resume``,
-    the ``latest`` tag in ``--output_dir``; sets ``args.start_epoch``. Returns the path or None."""
-    path = args.resume or (args.output_dir if args.auto_resume else "")
-    if not path or (not args.resume and not os.path.isfile(os.path.join(path, "latest"))):
+    the newest tag in ``--output_dir`` that loads (``checkpoint.checkpoint_candidates``);
+    every file is read by ``checkpoint.load_checkpoint`` (``deepspeed_utils.init_deepspeed``).
+    Sets ``args.start_epoch``. Returns the path or None.
+
+    Raises:
+        ValueError, FileNotFoundError: one line naming the checkpoint."""
+    if args.resume:
+        tags = checkpoint_candidates(args.resume) or [args.resume]
+    else:
+        tags = [p for p in checkpoint_candidates(args.output_dir if args.auto_resume else "")
+                if os.path.isdir(p)]
+    if not tags:
         return None
-    load_dir, tag = path, None
-    if not os.path.isfile(os.path.join(path, "latest")):  # a tag directory
+
+    def load(path):
         load_dir, tag = os.path.split(os.path.normpath(path))
-    loaded, client = engine.load_checkpoint(load_dir, tag=tag)
-    if loaded is None or "epoch" not in (client or {}):
-        raise ValueError(f"cannot resume from {path}: not a DeepSpeed checkpoint of this script")
+        try:
+            loaded, client = engine.load_checkpoint(load_dir, tag=tag)
+        except (RuntimeError, KeyError, AssertionError) as e:  # DeepSpeed's own checks
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"cannot resume from {path}: {first[:500]}") from None
+        if loaded is None or "epoch" not in (client or {}):
+            raise ValueError(f"cannot resume from {path}: not a DeepSpeed checkpoint of this "
+                             f"script")
+        return client
+
+    path, client = first_loadable(tags, load)
     args.start_epoch = client["epoch"] + 1
-    print(f"resumed from {loaded} (epoch {client['epoch']} done)")
-    return loaded
+    print(f"resumed from {path} (epoch {client['epoch']} done)")
+    return path
 
 
 def run_test(args, model, loaders, device, **eval_kwargs):
@@ -282,9 +301,14 @@ def run_test(args, model, loaders, device, **eval_kwargs):
 
 
 def _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine=None):
+    """Save epoch ``epoch``. Raises CheckpointWriteError (disk full, ...)."""
     if engine is not None and args.output_dir:  # every rank: each writes its ZeRO partition
-        engine.save_checkpoint(args.output_dir, tag=f"checkpoint-{epoch}",
-                               client_state={"epoch": epoch, "args": vars(args)})
+        tag = os.path.join(args.output_dir, f"checkpoint-{epoch}")
+        try:
+            engine.save_checkpoint(args.output_dir, tag=f"checkpoint-{epoch}",
+                                   client_state={"epoch": epoch, "args": vars(args)})
+        except (OSError, RuntimeError) as e:  # 'latest' still names the previous tag
+            raise CheckpointWriteError.from_exception(tag, e) from None
     elif du.is_main_process() and args.output_dir:
         save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
                         {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -331,7 +355,7 @@ def train(args, model, loaders, device, amp_dtype, scaler):
             _resume_deepspeed(args, engine)
         else:
             _resume(args, model, optimizer, scaler)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     logger = RunLogger(args.output_dir, args.log_dir)
     logger.write_args(args)
@@ -350,8 +374,13 @@ def train(args, model, loaders, device, amp_dtype, scaler):
         print(f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f} | lr "
               f"{stats.get('lr', 0):.3e} | {stats.get('clips_per_s', 0):.2f} clips/s | skipped "
               f"{stats['skipped_videos']} corrupted videos")
-        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-            _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine)
+        saving = (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs
+        save_error = None
+        if saving:
+            try:
+                _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine)
+            except CheckpointWriteError as e:
+                save_error = e  # stop after this epoch's log line
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
         if loaders["validation"][1] is not None:
             val = evaluate(model, loaders["validation"][1], device, **step.eval_kwargs,
@@ -360,11 +389,14 @@ def train(args, model, loaders, device, amp_dtype, scaler):
                   f"{val['acc1']:.2f} | Top-5 {val['acc5']:.2f} | loss {val['loss']:.4f}")
             record.update({f"val_{k}": v for k, v in val.items()})
         logger.log_json(record)
+        if saving and not du.every_rank(save_error is None, device):
+            sys.exit(f"error: {save_error or 'another rank could not write its checkpoint'}")
     logger.close()
     print(f"training time {time.time() - start:.1f}s")
     return step.eval_kwargs
 
 
+@releases_output_dir
 def main(args):
     try:
         model, loaders = setup(args)
@@ -379,7 +411,7 @@ def main(args):
     if args.eval:
         try:
             resumed = _resume(args, model)
-        except ValueError as e:
+        except (ValueError, FileNotFoundError) as e:
             sys.exit(f"error: {e}")
         if not resumed and not args.finetune:
             print("warning: --eval without --finetune, --resume or a checkpoint in "

@@ -18,16 +18,18 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import distributed as du
-from checkpoint import (adopt_position_table, latest_checkpoint, load_checkpoint, load_teacher,
-                        save_checkpoint)
+from checkpoint import (CheckpointWriteError, adopt_position_table, latest_checkpoint,
+                        load_resume_checkpoint, load_teacher, save_checkpoint)
 from modeling_encoder import POS_EMBED_TABLES, compile_blocks
 from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
+from flag_checks import check_flags
 from logger import RunLogger
 from losses import DISTILL_VIEWS, LossWeights
 from masking_generator import MASK_GENERATORS, build_masking_generator
 from model_factory import ARCHS, PRETRAIN_MODELS, create_student, create_teacher
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
+from run_dir import claim_output_dir, releases_output_dir
 
 
 def get_args_parser(teacher=True):
@@ -98,8 +100,6 @@ def get_args_parser(teacher=True):
 def resolve_args(args, student, teacher):
     """Check every flag against the built models and derive the run's values (token grid,
     visible tokens, effective batch, scaled lrs). Raises ValueError naming the flag."""
-    if not 0.0 <= args.mask_ratio < 1.0:
-        raise ValueError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
     pe = student.patch_embed
     gen = build_masking_generator(args.mask_type, pe.grid_size, args.mask_ratio)
     args.token_grid = list(pe.grid_size)
@@ -161,12 +161,11 @@ def setup(args):
     from datasets.collate import collate_skip_none
 
     args.use_teacher = hasattr(args, "model_t")
+    check_flags(args)
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is visible; use --device cpu")
-    for flag in ("epochs", "batch_size", "update_freq", "save_ckpt_freq"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     du.init_distributed_mode(args)
+    claim_output_dir(args.output_dir, args.log_dir)
     seed = args.seed + du.get_rank()
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -188,6 +187,7 @@ def setup(args):
     return student, teacher, dataset, loader, sampler
 
 
+@releases_output_dir
 def main(args):
     try:
         student, teacher, dataset, loader, sampler = setup(args)
@@ -226,12 +226,11 @@ def main(args):
                                     use_teacher=args.use_teacher)
     print(f"loss weights: {weights}")
 
-    resume = args.resume or (latest_checkpoint(args.output_dir) if args.auto_resume else None)
+    try:
+        resume, ckpt = load_resume_checkpoint(args.resume, args.output_dir, args.auto_resume)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
     if resume:
-        try:
-            ckpt = load_checkpoint(resume)
-        except (ValueError, FileNotFoundError) as e:
-            sys.exit(f"error: {e}")
         args.pos_embed = adopt_position_table(raw, ckpt, resume)
         raw.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -266,14 +265,21 @@ def main(args):
         print(f"epoch {epoch}: {terms} | lr {stats['lr']:.3e} | {stats['clips_per_s']:.2f} clips/s "
               f"| data {stats['data_time']:.3f}s / step {stats['step_time']:.3f}s | skipped "
               f"{stats['skipped_videos']} corrupted videos")
-        if args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
-            if du.is_main_process():
+        saving = args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0
+                                      or epoch + 1 == args.epochs)
+        save_error = None
+        if saving and du.is_main_process():
+            try:
                 save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
                                 {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                                  "scaler": scaler.state_dict() if scaler else None, "epoch": epoch,
                                  "step": (epoch + 1) * steps_per_epoch, "args": vars(args)})
+            except CheckpointWriteError as e:
+                save_error = e  # stop after this epoch's log line
         logger.log_json({"epoch": epoch, "n_parameters": n_params,
                          **{f"train_{k}": v for k, v in stats.items()}})
+        if saving and not du.every_rank(save_error is None, device):
+            sys.exit(f"error: {save_error or 'rank 0 could not write its checkpoint'}")
     logger.close()
     print(f"training time {time.time() - start:.1f}s")
     du.shutdown()

@@ -50,11 +50,12 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
-from checkpoint import (adopt_position_table, load_checkpoint, load_teacher,  # noqa: E402
-                        load_weights, unwrap_state_dict)
+from checkpoint import (KeyMismatchError, adopt_position_table, load_checkpoint,  # noqa: E402
+                        load_teacher, load_weights, unwrap_state_dict)
 from datasets.sampling import dense_test_indices  # noqa: E402
 from datasets.transforms import EvalTransform  # noqa: E402
 from datasets.video_io import VideoDecodeError, load_frames  # noqa: E402
+from flag_checks import check_flags  # noqa: E402
 from losses import pixel_targets  # noqa: E402
 from masking_generator import MASK_GENERATORS, build_masking_generator  # noqa: E402
 from model_factory import PRETRAIN_MODELS, create_student, create_teacher  # noqa: E402
@@ -166,13 +167,12 @@ def load_models(args, student, teacher, student_state, saved=None):
 
 @contextlib.contextmanager
 def explain(what):
-    """Re-raise a ``load_weights`` ValueError as ``what: <its key lists>``."""
+    """Re-raise a ``load_weights`` key mismatch as ``what: <its key lists>`` (other errors,
+    e.g. an unsafe or unreadable file, go up as they are)."""
     try:
         yield
-    except ValueError as e:
+    except KeyMismatchError as e:
         lines = str(e).splitlines()
-        if not lines[0].startswith("checkpoint "):  # not a key mismatch: as it is
-            raise
         raise ValueError(f"{what}: " + "; ".join(line.strip() for line in lines[1:])) from None
 
 
@@ -649,6 +649,7 @@ def one_line(e):
 
 def main(args):
     try:
+        check_flags(args)
         summary = visualise(args)
     except (ValueError, FileNotFoundError, VideoDecodeError) as e:
         sys.exit(f"error: {one_line(e)}")

@@ -39,7 +39,7 @@ def _read_lines(path):
     """``[(1-based line number, stripped text)]`` of the non-blank lines of a text file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
 
 
@@ -63,7 +63,7 @@ def convert_k400(csv_path, class_names=None, ext="mp4"):
     Raises:
         ValueError: missing columns, bad times, or a label not in ``class_names`` (file + line).
     """
-    with open(csv_path, encoding="utf-8", newline="") as f:
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
     missing = {"label", "youtube_id", "time_start", "time_end"} - set(rows[0] if rows else {})
     if missing:
@@ -88,9 +88,9 @@ def convert_ssv2(json_path, labels_path, ext="webm"):
     Raises:
         ValueError: an item without a template or with an unknown template (names its id).
     """
-    with open(labels_path, encoding="utf-8") as f:
+    with open(labels_path, encoding="utf-8-sig") as f:
         labels = {template: int(i) for template, i in json.load(f).items()}
-    with open(json_path, encoding="utf-8") as f:
+    with open(json_path, encoding="utf-8-sig") as f:
         items = json.load(f)
     samples = []
     for item in items:

@@ -94,7 +94,7 @@ def read_annotation(path, data_root="", sep=" ", *, nb_classes=None, check_exist
     if not os.path.exists(path):
         raise FileNotFoundError(f"annotation file {path} not found")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of line 1
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read annotation file {path}: {e}") from e

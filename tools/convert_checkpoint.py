@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from checkpoint import (adopt_position_table, canonical_state_dict,  # noqa: E402
                         checkpoint_filter_fn, checkpoint_kind, load_checkpoint, load_weights,
                         save_checkpoint, unwrap_state_dict)
+from flag_checks import check_flags  # noqa: E402
 from hf_interop import check_position_table, export_to_hf, from_hf  # noqa: E402
 from keras_interop import load_keras_weights  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
@@ -87,7 +88,7 @@ def main(argv=None):
     elif args.command == "to-hf":
         id2label = None
         if args.labels:
-            with open(args.labels) as f:
+            with open(args.labels, encoding="utf-8-sig") as f:
                 id2label = dict(enumerate(line.strip() for line in f if line.strip()))
         hf = export_to_hf(build_ours(args), args.output_dir, id2label)
         print(f"wrote {type(hf).__name__} to {args.output_dir}")
@@ -106,5 +107,19 @@ def main(argv=None):
               f"{config.num_hidden_layers} blocks) to {args.output}")
 
 
+def cli(argv=None):
+    """:func:`main` with its errors (a missing, unreadable, refused or unfitting checkpoint, a
+    file that cannot be written) as one ``error:`` message naming the input and exit status
+    1, no traceback."""
+    args = get_args_parser().parse_args(argv)
+    source = getattr(args, "checkpoint", None) or getattr(args, "hf_dir", "")
+    try:
+        check_flags(args)
+        main(argv)
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}" if source in str(e) or str(e).startswith("--")
+                 else f"error: {source}: {e}")
+
+
 if __name__ == "__main__":
-    main()
+    cli()
