@@ -34,6 +34,7 @@ def test_rng_state_round_trip_through_a_safe_checkpoint(tmp_path):
 
 def test_states_are_plain_tensors_and_numbers():
     state = rng_state()
-    assert isinstance(state["numpy"]["keys"], torch.Tensor) and state["numpy"]["keys"].numel() == 624
+    keys = state["numpy"]["keys"]
+    assert isinstance(keys, torch.Tensor) and keys.numel() == 624
     assert isinstance(state["python"]["state"], torch.Tensor)
     set_rng_state(state)
