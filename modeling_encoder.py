@@ -332,7 +332,8 @@ class VideoViTEncoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
         self.use_checkpoint = use_checkpoint
         if weight_init not in WEIGHT_INITS:
-            raise ValueError(f"weight_init must be one of {sorted(WEIGHT_INITS)}, got {weight_init!r}")
+            raise ValueError(f"weight_init must be one of {sorted(WEIGHT_INITS)}, "
+                             f"got {weight_init!r}")
         self.apply(WEIGHT_INITS[weight_init])
 
     def set_position_table(self, kind):

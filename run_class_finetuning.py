@@ -43,6 +43,7 @@ from model_factory import CLASSIFIER_MODELS, create_classifier
 from modeling_encoder import POS_EMBED_TABLES, compile_blocks
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
+from reproducibility import all_rng_states, resume_rng_state
 from run_dir import claim_output_dir, releases_output_dir
 
 
@@ -164,9 +165,9 @@ def build_loader(args, mode):
     if mode == "validation" and not os.path.isfile(os.path.join(args.data_path, "val.csv")):
         return None, None, None
     dataset, _ = build_dataset(mode == "train", mode == "test", args)
-    if mode == "train":
-        sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed)
-                   if args.distributed else torch.utils.data.RandomSampler(dataset))
+    if mode == "train":  # the order from (seed, epoch) on one process too (set_epoch)
+        sampler = torch.utils.data.DistributedSampler(dataset, du.get_world_size(), du.get_rank(),
+                                                      shuffle=True, seed=args.seed)
     elif args.distributed and args.dist_eval:
         sampler = ShardSampler(len(dataset), du.get_rank(), du.get_world_size())
     else:
@@ -175,7 +176,8 @@ def build_loader(args, mode):
         dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
         pin_memory=args.pin_mem and torch.device(args.device).type == "cuda",
         drop_last=mode == "train", collate_fn=collate_skip_none,
-        persistent_workers=args.num_workers > 0 and mode != "test")
+        persistent_workers=args.num_workers > 0 and mode != "test",
+        generator=torch.Generator().manual_seed(args.seed))  # not the global RNG's stream
     return dataset, loader, sampler
 
 
@@ -246,6 +248,7 @@ def _resume(args, model, optimizer=None, scaler=None):
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         args.start_epoch = ckpt["epoch"] + 1
+        resume_rng_state(ckpt.get("rng_states"), du.get_rank())  # Mixup, drop path
     print(f"resumed from {path} (epoch {ckpt.get('epoch', '?')} done)")
     return path
 
@@ -309,11 +312,14 @@ def _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine=None):
                                    client_state={"epoch": epoch, "args": vars(args)})
         except (OSError, RuntimeError) as e:  # 'latest' still names the previous tag
             raise CheckpointWriteError.from_exception(tag, e) from None
-    elif du.is_main_process() and args.output_dir:
-        save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
-                        {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict() if scaler else None, "epoch": epoch,
-                         "step": (epoch + 1) * steps_per_epoch, "args": vars(args)})
+    elif args.output_dir:
+        rng_states = all_rng_states()  # every rank's, so each resumes its own stream
+        if du.is_main_process():
+            save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
+                            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict() if scaler else None, "epoch": epoch,
+                             "step": (epoch + 1) * steps_per_epoch, "args": vars(args),
+                             "rng_states": rng_states})
 
 
 def _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn):
@@ -331,7 +337,7 @@ def train(args, model, loaders, device, amp_dtype, scaler):
     """The epoch loop: train, save every ``--save_ckpt_freq`` epochs and at the end, validate
     when there is a validation split, log. Returns the evaluation kwargs for the test
     (``amp_dtype``, or with DeepSpeed the engine's ``dtype``)."""
-    _, train_loader, train_sampler = loaders["train"]
+    train_set, train_loader, train_sampler = loaders["train"]
     steps_per_epoch = len(train_loader) // args.update_freq
     optimizer, lr_scheduler, mixup_fn, criterion, warmup = build_training(args, model,
                                                                           steps_per_epoch)
@@ -361,8 +367,8 @@ def train(args, model, loaders, device, amp_dtype, scaler):
     logger.write_args(args)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        if args.distributed:
-            train_sampler.set_epoch(epoch)
+        train_sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch, args.seed + du.get_rank())  # items from (seed, epoch, index)
         try:
             stats = train_one_epoch(step.model, criterion, train_loader, optimizer, device, epoch,
                                     lr_scheduler=lr_scheduler, steps_per_epoch=steps_per_epoch,

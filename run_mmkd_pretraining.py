@@ -29,6 +29,7 @@ from masking_generator import MASK_GENERATORS, build_masking_generator
 from model_factory import ARCHS, PRETRAIN_MODELS, create_student, create_teacher
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
+from reproducibility import all_rng_states, resume_rng_state
 from run_dir import claim_output_dir, releases_output_dir
 
 
@@ -172,14 +173,15 @@ def setup(args):
     student, teacher = build_models(args)
     mask_gen = resolve_args(args, student, teacher)
     dataset = build_pretraining_dataset(args, mask_gen)
-    if args.distributed:
-        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed)
-    else:
-        sampler = torch.utils.data.RandomSampler(dataset)
+    # the order of an epoch from (seed, epoch) on one process too (set_epoch), the items from
+    # (seed, epoch, index) (dataset.set_epoch): no draw from the global RNGs, whatever the workers
+    sampler = torch.utils.data.DistributedSampler(dataset, du.get_world_size(), du.get_rank(),
+                                                  shuffle=True, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
         pin_memory=args.pin_mem and torch.device(args.device).type == "cuda", drop_last=True,
-        collate_fn=collate_skip_none, persistent_workers=args.num_workers > 0)
+        collate_fn=collate_skip_none, persistent_workers=args.num_workers > 0,
+        generator=torch.Generator().manual_seed(seed))
     if len(loader) < args.update_freq:
         raise ValueError(f"{args.data_path}: {len(dataset)} clips give {len(loader)} batches of "
                          f"--batch_size {args.batch_size} per process, fewer than --update_freq "
@@ -237,13 +239,16 @@ def main(args):
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         args.start_epoch = ckpt["epoch"] + 1
-        print(f"resumed from {resume}: epoch {ckpt['epoch']} done, global step {ckpt.get('step', '?')}")
+        restored = resume_rng_state(ckpt.get("rng_states"), du.get_rank())
+        print(f"resumed from {resume}: epoch {ckpt['epoch']} done, global step "
+              f"{ckpt.get('step', '?')}"
+              + ("" if restored else "; no RNG state in it: drop path draws a new stream"))
     logger = RunLogger(args.output_dir, args.log_dir)
     logger.write_args(args)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        if args.distributed:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch, args.seed + du.get_rank())
         try:
             stats = train_one_epoch(
                 student, teacher, loader, optimizer, device, epoch, weights=weights,
@@ -268,14 +273,17 @@ def main(args):
         saving = args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0
                                       or epoch + 1 == args.epochs)
         save_error = None
-        if saving and du.is_main_process():
-            try:
-                save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
-                                {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scaler": scaler.state_dict() if scaler else None, "epoch": epoch,
-                                 "step": (epoch + 1) * steps_per_epoch, "args": vars(args)})
-            except CheckpointWriteError as e:
-                save_error = e  # stop after this epoch's log line
+        if saving:
+            rng_states = all_rng_states()  # every rank's, so each resumes its own stream
+            if du.is_main_process():
+                try:
+                    save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
+                                    {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scaler": scaler.state_dict() if scaler else None,
+                                     "epoch": epoch, "step": (epoch + 1) * steps_per_epoch,
+                                     "args": vars(args), "rng_states": rng_states})
+                except CheckpointWriteError as e:
+                    save_error = e  # stop after this epoch's log line
         logger.log_json({"epoch": epoch, "n_parameters": n_params,
                          **{f"train_{k}": v for k, v in stats.items()}})
         if saving and not du.every_rank(save_error is None, device):

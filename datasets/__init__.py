@@ -12,8 +12,8 @@ import os
 from .classification import VideoClsDataset
 from .collate import collate_skip_none
 from .pretrain import VideoMAEPretrainDataset
-from .sampling import (dense_sample_indices, dense_test_indices, item_rng, spatial_crop_offsets,
-                       test_clip_starts, tsn_sample_indices)
+from .sampling import (EpochSeed, dense_sample_indices, dense_test_indices, global_rngs_from,
+                       spatial_crop_offsets, test_clip_starts, tsn_sample_indices)
 from .video_io import VideoDecodeError, load_frames, read_annotation
 
 # Per benchmark: frame sampling, flip, default number of classes and of test clips.
@@ -27,8 +27,9 @@ SPLIT_FILES = {"train": "train.csv", "validation": "val.csv", "test": "test.csv"
 
 __all__ = ["DATA_SETS", "VideoClsDataset", "VideoMAEPretrainDataset", "VideoDecodeError",
            "build_dataset", "build_pretraining_dataset", "collate_skip_none",
-           "dense_sample_indices", "dense_test_indices", "item_rng", "load_frames",
-           "read_annotation", "spatial_crop_offsets", "test_clip_starts", "tsn_sample_indices"]
+           "dense_sample_indices", "dense_test_indices", "EpochSeed", "global_rngs_from",
+           "load_frames", "read_annotation", "spatial_crop_offsets", "test_clip_starts",
+           "tsn_sample_indices"]
 
 
 def build_pretraining_dataset(args, mask_generator):

@@ -16,7 +16,8 @@ import os
 import torch
 from torch.utils.data import Dataset
 
-from .sampling import dense_sample_indices, dense_test_indices, item_rng, tsn_sample_indices
+from .sampling import (EpochSeed, dense_sample_indices, dense_test_indices, global_rngs_from,
+                       tsn_sample_indices)
 from .transforms import EvalTransform, FinetuneTrainTransform
 from .guard import CorruptedVideoGuard
 from .video_io import read_annotation
@@ -90,6 +91,12 @@ class VideoClsDataset(Dataset):
         self.guard = CorruptedVideoGuard(len(self.samples))
         self.scale_on_decode, self.reuse_decode = scale_on_decode, reuse_decode
         self._last = None  # (video_index, segment, frames) of the last test decode, per worker
+        self.epoch_seed = EpochSeed()
+
+    def set_epoch(self, epoch, seed=0):
+        """Training items of ``epoch`` of a run seeded ``seed``: frames and augmentation depend
+        on ``(seed, epoch, index)`` only (see :class:`EpochSeed`)."""
+        self.epoch_seed.set_epoch(epoch, seed)
 
     def __len__(self):
         return len(self.samples) * self.num_segment * self.num_crop
@@ -128,12 +135,13 @@ class VideoClsDataset(Dataset):
         video_index, view = divmod(index, self.num_segment * self.num_crop)
         segment, crop = divmod(view, self.num_crop)
         path, label = self.samples[video_index]
-        rng = item_rng(index) if self.mode == "train" else None
+        rng = self.epoch_seed.rng(index) if self.mode == "train" else None
         frames = self._load(video_index, segment, path, rng)
         if frames is None:
             return None
         if self.mode == "train":
-            clips = [self.transform(frames) for _ in range(self.num_sample)]  # [3, T, H, W] each
+            with global_rngs_from(rng):  # torchvision's and timm's draws, from this item
+                clips = [self.transform(frames) for _ in range(self.num_sample)]  # [3, T, H, W]
             video = clips[0] if self.num_sample == 1 else torch.stack(clips)
             return {"video": video, "label": label, "index": video_index}
         item = {"video": self.transform(frames, crop), "label": label,

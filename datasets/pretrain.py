@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sampling import dense_sample_indices, item_rng
+from .sampling import EpochSeed, dense_sample_indices
 from .transforms import PretrainTransform
 from .guard import CorruptedVideoGuard
 from .video_io import read_annotation
@@ -36,7 +36,8 @@ class VideoMAEPretrainDataset(Dataset):
         with ``num_sample > 1``: ``video [num_sample, 3, T, H, W]`` and masks
         ``[num_sample, N]``. ``None`` (after a warning naming the file) for a video that
         cannot be decoded (see ``guard.py``): use ``collate_skip_none``.
-        The sampling, crop and mask of an item come from ``item_rng(index)``.
+        The sampling, crop and mask of an item come from ``(seed, epoch, index)`` only
+        (:class:`~datasets.sampling.EpochSeed`; call :meth:`set_epoch` before each epoch).
     Raises:
         FileNotFoundError, ValueError: bad annotation file or missing video (file + line).
     """
@@ -49,6 +50,11 @@ class VideoMAEPretrainDataset(Dataset):
         self.transform = PretrainTransform(input_size, flip=flip)
         self.mask_generator = mask_generator
         self.guard = CorruptedVideoGuard(len(self.samples))
+        self.epoch_seed = EpochSeed()
+
+    def set_epoch(self, epoch, seed=0):
+        """Items of ``epoch`` of a run seeded ``seed`` (see :class:`EpochSeed`)."""
+        self.epoch_seed.set_epoch(epoch, seed)
 
     def __len__(self):
         return len(self.samples)
@@ -59,7 +65,7 @@ class VideoMAEPretrainDataset(Dataset):
 
     def __getitem__(self, index):
         path, _ = self.samples[index]
-        rng = item_rng(index)
+        rng = self.epoch_seed.rng(index)
         short = self.transform.decode_short_side if self.scale_on_decode else -1
         frames = self.guard.load(index, path, lambda n, fps: dense_sample_indices(
             n, self.num_frames, self.sampling_rate, rng), short_side=short)

@@ -16,6 +16,9 @@ to the last frame); it is never rejected.
 All index functions return ``np.int64`` arrays of length ``num_frames``/``num_segments``
 with values in ``[0, num_video_frames)``. They raise ``ValueError`` on non-positive sizes.
 """
+import contextlib
+import random
+
 import numpy as np
 import torch
 
@@ -26,17 +29,51 @@ def _check_positive(**values):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def item_rng(index):
-    """A numpy ``Generator`` for one data set item.
+class EpochSeed:
+    """The run's seed and the current epoch, in shared memory: the one source of every data set
+    item's randomness (:meth:`rng`).
 
-    Seeded with ``[torch.initial_seed(), index, draw]``: ``torch.initial_seed()`` differs per
-    data loader worker (and per epoch with non-persistent workers), ``index`` per item, and
-    ``draw`` is one draw from torch's global RNG so that persistent workers and
-    ``num_workers=0`` also get fresh randomness every epoch. Everything is reproducible
-    after ``torch.manual_seed`` with the same number of workers.
+    Items are drawn from ``np.random.default_rng([seed, epoch, index])``: the frames, crops,
+    flips, masks and augmentations of an item depend on nothing else, not on which data loader
+    worker loads it, how many workers there are, what they loaded before, or the machine's
+    load. So a run is reproducible with any ``--num_workers``, and a run resumed at an epoch
+    draws the same items as one that never stopped. The training loop calls
+    :meth:`set_epoch` before each epoch; the values live in shared memory, so persistent
+    workers (started before the epoch changed) read them too.
     """
-    draw = int(torch.randint(0, 2**62, ()).item())
-    return np.random.default_rng([torch.initial_seed(), int(index), draw])
+
+    def __init__(self):
+        self.state = torch.zeros(2, dtype=torch.int64).share_memory_()  # [seed, epoch]
+
+    def set_epoch(self, epoch, seed=0):
+        """Draw the items of ``epoch`` of a run seeded ``seed`` (``--seed`` + rank)."""
+        if seed < 0 or epoch < 0:
+            raise ValueError(f"seed and epoch must be >= 0, got {seed}, {epoch}")
+        self.state.copy_(torch.tensor([seed, epoch]))
+
+    def rng(self, index):
+        """A numpy ``Generator`` for item ``index`` of the current epoch."""
+        seed, epoch = self.state.tolist()
+        return np.random.default_rng([seed, epoch, int(index)])
+
+
+@contextlib.contextmanager
+def global_rngs_from(rng):
+    """Seed Python's ``random``, numpy's global RNG and torch's CPU RNG from ``rng`` inside
+    the block and restore their states after: for library transforms that draw from the global
+    RNGs (torchvision's crop parameters, timm's RandAugment and RandomErasing), so that they
+    depend on the item only, and leave the caller's streams untouched."""
+    seed = int(rng.integers(2**63))
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def dense_sample_indices(num_video_frames, num_frames, sampling_rate, rng=None):

@@ -156,7 +156,8 @@ class FinetuneTrainTransform:
         reprob (float): random erasing probability per frame (``--reprob``), 0 = off.
         remode (str), recount (int): erasing fill mode and max count (``--remode/--recount``).
     Call: ``(frames uint8 [T, H, W, 3]) -> float32 [3, T, S, S]``; randomness from torch,
-    Python ``random`` and numpy's global RNG (all seeded per data loader worker).
+    Python ``random`` and numpy's global RNG (``VideoClsDataset`` seeds them per item with
+    ``sampling.global_rngs_from``).
     """
 
     def __init__(self, input_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True,

@@ -11,6 +11,10 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" requirements.txt
 OUT="${OUT:-demo_output}"
+# Same seed, same numbers on any machine with 2 cores or more, loaded or not: every item is
+# drawn from (seed, epoch, index) and the CPU thread count is fixed (reproducibility.py).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" MKL_DYNAMIC="${MKL_DYNAMIC:-FALSE}" \
+  OMP_DYNAMIC="${OMP_DYNAMIC:-FALSE}"
 VIDEOS=tests/data/videos
 DEVICE="${DEVICE:-cpu}"
 TEACHER_EPOCHS="${TEACHER_EPOCHS:-20}"

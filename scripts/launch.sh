@@ -45,5 +45,8 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
   echo
   exit 0
 fi
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# a fixed number of threads per process (floating-point sums depend on it): MKL and OpenMP
+# may otherwise run fewer on a busy node (see reproducibility.py)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_DYNAMIC="${MKL_DYNAMIC:-FALSE}" \
+  OMP_DYNAMIC="${OMP_DYNAMIC:-FALSE}"
 exec "${CMD[@]}"

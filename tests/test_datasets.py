@@ -111,14 +111,37 @@ def test_spatial_crop_offsets_landscape_portrait_and_centre():
         sampling.spatial_crop_offsets(64, 85, 65, 1)
 
 
-def test_item_rng_depends_on_torch_seed_and_is_reproducible():
+def test_epoch_seed_depends_on_seed_epoch_and_index_only():
+    s = sampling.EpochSeed()
+    s.set_epoch(3, seed=7)
     torch.manual_seed(0)
-    a = sampling.item_rng(3).random(4)
+    a = s.rng(5).random(4)
+    torch.manual_seed(1)  # the global RNGs play no part
+    np.testing.assert_array_equal(a, s.rng(5).random(4))
+    assert not np.allclose(a, s.rng(6).random(4))
+    s.set_epoch(4, seed=7)
+    assert not np.allclose(a, s.rng(5).random(4))
+    s.set_epoch(3, seed=8)
+    assert not np.allclose(a, s.rng(5).random(4))
+    with pytest.raises(ValueError, match="seed and epoch"):
+        s.set_epoch(-1)
+
+
+def test_global_rngs_from_an_item_leave_the_callers_streams():
     torch.manual_seed(0)
-    b = sampling.item_rng(3).random(4)
-    c = sampling.item_rng(3).random(4)  # next epoch / next draw
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, c)
+    np.random.seed(0)
+    random.seed(0)
+    expect = torch.rand(2), np.random.rand(2), random.random()
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    draws = []
+    for _ in range(2):
+        with sampling.global_rngs_from(np.random.default_rng(3)):
+            draws.append((torch.rand(2), np.random.rand(2), random.random()))
+    assert torch.equal(draws[0][0], draws[1][0]) and draws[0][2] == draws[1][2]
+    assert torch.equal(torch.rand(2), expect[0]) and np.array_equal(np.random.rand(2), expect[1])
+    assert random.random() == expect[2]
 
 
 # ---------------------------------------------------------------- annotation files
@@ -283,15 +306,31 @@ def test_pretrain_dataset_items_on_real_clips(tmp_path):
     assert abs(np.mean(means)) < 0.6 and max(map(abs, means)) < 1.5
 
 
-def test_pretrain_items_are_reproducible_and_differ_between_draws(tmp_path):
+def test_pretrain_items_are_reproducible_and_differ_between_epochs(tmp_path):
     ds = VideoMAEPretrainDataset(anno(tmp_path, GOOD[:1]), VIDEOS, 4, 4, 64, mask_gen())
-    torch.manual_seed(1)
-    a = ds[0]
-    torch.manual_seed(1)
-    b = ds[0]
+    ds.set_epoch(1, seed=0)
+    a, b = ds[0], ds[0]
+    ds.set_epoch(2, seed=0)
     c = ds[0]
     assert torch.equal(a["video"], b["video"]) and torch.equal(a["bool_masked_pos"], b["bool_masked_pos"])
     assert not torch.equal(a["bool_masked_pos"], c["bool_masked_pos"])
+
+
+def test_finetune_items_depend_on_seed_epoch_and_index_only(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text(f"{GOOD[0]} 0\n{GOOD[1]} 1\n")
+    ds = VideoClsDataset(str(path), VIDEOS, "train", nb_classes=2, num_frames=4, sampling_rate=2,
+                         input_size=32, short_side_size=40, auto_augment="rand-m7-n4-mstd0.5-inc1",
+                         reprob=0.25, num_sample=2)
+    ds.set_epoch(1, seed=3)
+    torch.manual_seed(0)
+    a = ds[1]["video"]
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(ds[1]["video"], a) and torch.equal(torch.rand(1), after)  # untouched
+    assert not torch.equal(a[0], a[1])  # the repeated-augmentation copies still differ
+    ds.set_epoch(2, seed=3)
+    assert not torch.equal(ds[1]["video"], a)
 
 
 def test_pretrain_short_clip_is_padded_and_repeated_sampling(tmp_path):

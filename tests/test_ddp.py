@@ -31,10 +31,12 @@ CLIPS = ["arm_wrestling_demo.mp4", "flipping_a_pancake.mkv", "kinetics_clip_test
 
 
 def build(seed=0):
+    """A narrower student than the teacher: its projectors, the teacher-side Linear included,
+    are applied in the loss, outside DDP's forward, and must still be averaged."""
     torch.manual_seed(seed)
-    teacher = create_teacher("pretrain_videomae_tiny_patch16_224", **GEOM)
+    teacher = create_teacher("pretrain_videomae_small_patch16_224", **GEOM)
     student = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1,
-                             teacher_dim=192, num_k=2, **GEOM)
+                             teacher_dim=384, num_k=2, teacher_proj=True, **GEOM)
     return student, teacher
 
 

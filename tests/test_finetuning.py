@@ -353,6 +353,7 @@ def test_end_to_end_finetune_on_demo_splits(demo_splits, tmp_path):
     assert "multi-view test (2x3 views) of 6 videos" in res.stdout
     ckpt = torch.load(os.path.join(out, "checkpoint-0.pth"), weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["model"]["head.weight"].shape == (3, 192)
+    assert len(ckpt["rng_states"]) == 1  # Mixup's numpy stream and drop path's, for a resume
     assert ckpt["args"]["lr_scaled"] == pytest.approx(1e-3 * 4 / 256)
     assert ckpt["args"]["pos_embed"] == "sincos_1d"  # the table is recorded, for reloading
     summary = json.load(open(os.path.join(out, "test_summary.json")))

@@ -170,3 +170,33 @@ def test_teacher_of_another_token_grid(anno, tmp_path):
     args.use_teacher = True
     with pytest.raises(ValueError, match="token grid"):
         rmp.resolve_args(args, student, teacher)
+
+
+def test_same_seed_same_losses_with_any_workers_and_after_a_resume(anno, teacher_ckpt, tmp_path,
+                                                                   monkeypatch):
+    """Items come from (seed, epoch, index), the order from (seed, epoch), and a checkpoint
+    carries the RNG states (drop path here): two workers or none, straight through or killed
+    after a checkpoint and resumed, every epoch's losses are the same to the bit."""
+    common = ["--data_path", anno, "--data_root", VIDEOS, "--model_t",
+              "pretrain_videomae_tiny_patch16_224", "--path_t",
+              os.path.join(teacher_ckpt, "checkpoint-0.pth"), "--num_k", "2", "--num_f", "4",
+              "--drop_path", "0.1", *TINY, "--epochs", "3"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    run(common + ["--num_workers", "2", "--output_dir", straight])
+
+    def killed_after_epoch_1(path, state, save=rmp.save_checkpoint):
+        save(path, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(rmp, "save_checkpoint", killed_after_epoch_1)
+        with pytest.raises(KeyboardInterrupt):
+            run(common + ["--output_dir", resumed])
+    ckpt = torch.load(os.path.join(resumed, "checkpoint-1.pth"), weights_only=True)
+    assert len(ckpt["rng_states"]) == 1 and ckpt["rng_states"][0]["numpy"]["keys"].numel() == 624
+    run(common + ["--output_dir", resumed])  # auto-resumes at epoch 2
+    terms = ("train_loss", "train_hint", "train_relation", "train_global", "train_local")
+    a = {r["epoch"]: [r[k] for k in terms] for r in read_log(straight)}
+    b = {r["epoch"]: [r[k] for k in terms] for r in read_log(resumed)}  # killed before logging 1
+    assert sorted(a) == [0, 1, 2] and sorted(b) == [0, 2]
+    assert b[0] == a[0] and b[2] == a[2] and a[1] != a[2]

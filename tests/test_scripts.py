@@ -180,7 +180,8 @@ def test_distillation_scripts_follow_the_method_recipe_table():
         assert {k: getattr(args, k) for k in k400} == k400 and args.opt_betas == betas
         assert f"--ntasks={gpus}" in launcher
         if size == "base":
-            assert args.drop_path == float(re.search(r"drop_path ([\d.]+) for ViT-B", para).group(1))
+            base_dp = re.search(r"drop_path ([\d.]+) for ViT-B", para).group(1)
+            assert args.drop_path == float(base_dp)
         _, _, ucf = parsed(f"kd_{size}_ucf")
         assert (ucf.mask_ratio, ucf.epochs) == (float(ucf_mask), int(ucf_epochs))
 
@@ -198,7 +199,8 @@ def test_kinetics_fine_tuning_follows_the_method_recipe():
     for size in ("small", "base"):
         _, _, args = parsed(f"finetune_{size}_k400")
         assert {k: getattr(args, k) for k in want} == want and args.aa == aa
-        assert (args.num_frames, args.test_num_segment, args.test_num_crop) == tuple(map(int, views))
+        got = (args.num_frames, args.test_num_segment, args.test_num_crop)
+        assert got == tuple(map(int, views))
 
 
 @pytest.mark.parametrize("config", ["kd_base_ucf", "finetune_small_hmdb"])
