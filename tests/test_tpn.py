@@ -4,6 +4,7 @@ convolutional and flipped testing, the decisionforce/TPN and mmaction2 checkpoin
 the SGD / multi-step recipe, Something-Something V1 frame folders and a short tpn_r50 run on
 real clips."""
 import argparse
+import copy
 import json
 import os
 import re
@@ -35,14 +36,16 @@ def meta_model(name, **kwargs):
         return create_cnn(name, **kwargs)
 
 
-def randomise_(model, seed=0):
-    """Random weights, BN statistics included, so that every tensor matters."""
+def randomise_norms_(model, seed=0):
+    """Random BN weights, biases and statistics and fc biases (initialised to constants), so
+    that every tensor of a freshly built model matters."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for k, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_((torch.rand(t.shape, generator=g) + 0.5) if k.endswith("running_var")
-                        else torch.randn(t.shape, generator=g) * (0.05 if t.ndim > 1 else 0.2))
+            if t.is_floating_point() and t.ndim == 1:
+                noise = torch.randn(t.shape, generator=g) * 0.2
+                t.copy_(noise.abs() + 0.5 if k.endswith("running_var") else
+                        noise + 1 if k.endswith(".weight") else noise)
     return model
 
 
@@ -50,16 +53,22 @@ def randomise_(model, seed=0):
 # model sizes and shapes (meta tensors: nothing allocated or computed)
 # --------------------------------------------------------------------------------------------
 
-def test_parameter_counts_match_the_published_model_sizes():
+@pytest.fixture(scope="module")
+def meta_zoo():
+    """The Kinetics-400 models on the meta device (shapes only)."""
+    return {n: meta_model(n, num_classes=400)
+            for n in ("tpn_r50", "tpn_r101", "slowonly_r50", "slowonly_r101")}
+
+
+def test_parameter_counts_match_the_published_model_sizes(meta_zoo):
     """Published sizes: mmaction2's model-zoo metafiles (configs/recognition/tpn/metafile.yml:
     TPN slow-only R50 on Kinetics-400 "Parameters: 91498336", TPN TSM-R50 on SthV1 (174
     classes) "Parameters: 82445724"; configs/recognition/slowonly/metafile.yml: slow-only R50
     32.45M, R101 60.36M). No R101-TPN size is published; its neck and heads are those of
     R50-TPN, so it is slow-only R101 + (R50-TPN - slow-only R50) = 60.36M + 91.50M - 32.45M =
     119.41M, to the metafiles' rounding (+-0.01M)."""
-    r50_tpn = n_params(meta_model("tpn_r50", num_classes=400))
-    r101_tpn = n_params(meta_model("tpn_r101", num_classes=400))
-    r50, r101 = (n_params(meta_model(n, num_classes=400)) for n in ("slowonly_r50", "slowonly_r101"))
+    r50_tpn, r101_tpn, r50, r101 = (n_params(meta_zoo[n]) for n in (
+        "tpn_r50", "tpn_r101", "slowonly_r50", "slowonly_r101"))
     assert r50_tpn == 91_498_336
     assert n_params(meta_model("tsm_r50_tpn", num_classes=174)) == 82_445_724
     assert round(r50 / 1e6, 2) == 32.45 and round(r101 / 1e6, 2) == 60.36
@@ -69,14 +78,14 @@ def test_parameter_counts_match_the_published_model_sizes():
     with torch.device("meta"):
         tv = torchvision.models.resnet50()
     conv1 = sum(b.conv1.weight.numel() for layer in (tv.layer3, tv.layer4) for b in layer)
-    backbone = n_params(meta_model("slowonly_r50").backbone)
+    backbone = n_params(meta_zoo["slowonly_r50"].backbone)
     assert backbone == n_params(tv) - n_params(tv.fc) + 2 * conv1
 
 
 @pytest.mark.parametrize("name", ["tpn_r50", "tpn_r101"])
-def test_pyramid_shapes_for_8x8_16x4_32x2(name):
+def test_pyramid_shapes_for_8x8_16x4_32x2(name, meta_zoo):
     depth = 101 if name.endswith("101") else 50
-    model = meta_model(name, num_classes=400).eval()
+    model = copy.deepcopy(meta_zoo[name]).eval()
     shapes = {}
 
     def record(model, keys):
@@ -120,7 +129,7 @@ def imagenet_r50(tmp_path_factory):
     """A torchvision ResNet-50 with random weights and BN statistics, saved as an ImageNet
     weight file would be (a plain state dict)."""
     torch.manual_seed(0)
-    net = randomise_(torchvision.models.resnet50()).eval()
+    net = randomise_norms_(torchvision.models.resnet50()).eval()
     path = str(tmp_path_factory.mktemp("imagenet") / "resnet50.pth")
     torch.save(net.state_dict(), path)
     return net, path
@@ -300,7 +309,7 @@ def to_mmaction2(state, tsm):
 @pytest.mark.parametrize("name", ["tpn_r50", "tsm_r50_tpn"])
 def test_external_checkpoint_layouts_load_strictly_with_the_same_outputs(name, tmp_path):
     torch.manual_seed(0)
-    model = randomise_(create_cnn(name, num_classes=5, num_frames=4)).eval()
+    model = randomise_norms_(create_cnn(name, num_classes=5, num_frames=4)).eval()
     clip = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         ref = model(clip)
@@ -315,13 +324,15 @@ def test_external_checkpoint_layouts_load_strictly_with_the_same_outputs(name, t
     assert "backbone.layer1.0.downsample.conv.weight" in mm and "backbone.conv1.bn.bias" in mm
     assert ("backbone.layer3.5.conv1.conv.net.weight" if tsm
             else "backbone.layer3.5.conv1.conv.weight") in mm
-    path = str(tmp_path / "mmaction2.pth")  # one through a file: mmcv's wrapper, safe loading
-    save_checkpoint(path, files["mmaction2"])
+    path = str(tmp_path / "mmaction2.pth")  # TSM through a file: mmcv's wrapper, safe loading
+    if tsm:
+        save_checkpoint(path, files["mmaction2"])
     for layout, ckpt in files.items():
         with torch.no_grad():
             for t in model.state_dict().values():
                 t.zero_()
-        load_pretrained(model, path if layout == "mmaction2" else ckpt, layout, strict=True)
+        load_pretrained(model, path if tsm and layout == "mmaction2" else ckpt, layout,
+                        strict=True)
         assert checkpoint_layout(ckpt["model" if layout == "ours" else "state_dict"]) == layout
         with torch.no_grad():
             assert torch.equal(model(clip), ref), layout
