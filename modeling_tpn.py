@@ -521,7 +521,8 @@ _MMACTION2_RULES = [
 # ``level_fusion_op`` the bottom-up one.
 _ORIGINAL_RULES = [
     (r"^necks\.", "neck."),
-    (r"^neck\.temporal_modulation_ops\.(\d+)\.conv\.", r"neck.temporal_modulation_ops.\1.conv.conv."),
+    (r"^neck\.temporal_modulation_ops\.(\d+)\.conv\.",
+     r"neck.temporal_modulation_ops.\1.conv.conv."),
     (r"^neck\.downsampling_ops\.(\d+)\.conv\.", r"neck.downsample_ops.\1.conv.conv."),
     (r"^neck\.level_fusion_op2\.", "neck.level_fusion_1."),
     (r"^neck\.level_fusion_op\.", "neck.level_fusion_2."),

@@ -325,11 +325,13 @@ def _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine=None):
 
 def _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn):
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    schedule = (f"min {args.min_lr_scaled:.3e}" if args.sched == "cosine" else
+                f"x{args.decay_rate} from epochs {args.decay_milestones}")
     print(f"{args.model}: {n_params / 1e6:.2f}M parameters, {args.nb_classes} classes, token "
           f"grid {args.token_grid}; effective batch {args.total_batch_size} = {args.batch_size} "
           f"x {args.world_size} processes x {args.update_freq} accumulation (x {args.num_sample} "
-          f"repeated augmentation); lr {args.lr_scaled:.3e} (min {args.min_lr_scaled:.3e}, "
-          f"warm-up {warmup} updates), layer decay {args.layer_decay}, "
+          f"repeated augmentation); lr {args.lr_scaled:.3e} ({schedule}, warm-up {warmup} "
+          f"updates), layer decay {args.layer_decay}, "
           f"{len(optimizer.param_groups)} parameter groups; {steps_per_epoch} updates per "
           f"epoch; mixup {'on' if mixup_fn else 'off'}")
 
