@@ -552,10 +552,12 @@ def checkpoint_layout(state):
         return "mmaction2"
     if "backbone.conv1.weight" in state:
         return "original" if any(k.startswith("necks.") for k in keys) else "ours"
+    hint = ("; an ImageNet ResNet initialises the backbone with --imagenet_init"
+            if "conv1.weight" in state else "")
     raise ValueError(f"unrecognised CNN checkpoint layout ({len(keys)} tensors; first keys "
                      f"{keys[:8]}): expected ours or decisionforce/TPN's (backbone.conv1.weight,"
                      f" necks.* / neck.*, cls_head.fc_cls.*) or mmaction2's "
-                     f"(backbone.conv1.conv.weight, neck.*, cls_head.fc_cls.*)")
+                     f"(backbone.conv1.conv.weight, neck.*, cls_head.fc_cls.*){hint}")
 
 
 def checkpoint_filter_fn(state):

@@ -361,6 +361,10 @@ def test_unknown_checkpoint_layout_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"unrecognised CNN checkpoint layout \(2 tensors; "
                                          r"first keys \['blocks\.0\.attn\.qkv\.weight'"):
         load_pretrained(meta_model("tsm_r50", num_classes=3), path, path)
+    with pytest.raises(ValueError, match="an ImageNet ResNet initialises the backbone with "
+                                         "--imagenet_init"):
+        load_pretrained(meta_model("tsm_r50", num_classes=3),
+                        {"conv1.weight": torch.zeros(64, 3, 7, 7)}, "resnet50.pth")
 
 
 # --------------------------------------------------------------------------------------------
