@@ -13,7 +13,10 @@ as ``.pth`` / ``.bin`` / ``.safetensors`` files or Hugging Face / DeepSpeed dire
 All key remapping happens in one place, :func:`checkpoint_filter_fn` (timm's pattern): any
 layout -> the *canonical* layout (encoder keys bare, as in a VideoMAE fine-tuned checkpoint;
 ``fc_norm``, ``head``, ``encoder_to_decoder``, ``mask_token``, ``decoder.*``, ``projector.*``
-at the top) -> the target model's keys. The Hugging Face name table and its inverse
+at the top) -> the target model's keys. The CNNs (``modeling_tpn``) have their own layouts
+(ours, decisionforce/TPN's, mmaction2's), mapped by ``modeling_tpn.checkpoint_filter_fn``
+(:func:`load_pretrained` dispatches on the model), and their ImageNet initialisation
+(:func:`load_imagenet_init`). The Hugging Face name table and its inverse
 (:func:`hf_to_ours`, :func:`ours_to_hf`) live here too; ``hf_interop.py`` builds the
 ``transformers`` configs and models around them.
 """
@@ -26,6 +29,7 @@ import shutil
 import torch
 import torch.nn.functional as F
 
+import modeling_tpn
 from modeling_encoder import (POS_EMBED_TABLES, VideoViTEncoder, sincos_3d_table,
                               sinusoid_table)
 
@@ -670,6 +674,8 @@ def load_pretrained(model, ckpt, source, strict=False, src_grid=None):
     """
     if isinstance(ckpt, str):
         ckpt = load_checkpoint(ckpt)
+    if isinstance(model, modeling_tpn.VideoResNetClassifier):
+        return _load_cnn(model, ckpt, source, strict)
     state = checkpoint_filter_fn(ckpt, model, src_grid)
     adopt_position_table(model, ckpt, source, src_grid)
     _apply_position_table(model, state)
@@ -682,6 +688,41 @@ def load_pretrained(model, ckpt, source, strict=False, src_grid=None):
         del state[k]
     return load_weights(model, state, source, allow_missing=(_NOT_ENCODER_CORE,),
                         allow_unexpected=(_NOT_ENCODER_CORE,))
+
+
+def _load_cnn(model, ckpt, source, strict=False):
+    """:func:`load_pretrained` for a ``modeling_tpn.VideoResNetClassifier``: any CNN layout
+    (``modeling_tpn.checkpoint_filter_fn``). Unless ``strict``, the backbone must be complete
+    and fit, the neck and heads may be new (a baseline checkpoint into a TPN model) or left
+    over, and heads of another number of classes are dropped (fine-tuning on another data
+    set)."""
+    layout, state = modeling_tpn.checkpoint_filter_fn(unwrap_state_dict(ckpt))
+    print(f"{source}: {layout} CNN checkpoint layout")
+    if strict:
+        return load_weights(model, state, source)
+    own = model.state_dict()
+    for k in [k for k, v in state.items() if k in own and own[k].shape != v.shape
+              and re.match(r"(cls_head\.fc_cls|neck\.aux_head\.fc)\.", k)]:
+        del state[k]
+    return load_weights(model, state, source, allow_missing=(r"(?!backbone\.)",),
+                        allow_unexpected=(r"(?!backbone\.)",))
+
+
+def load_imagenet_init(model, path):
+    """Initialise a CNN classifier's backbone from torchvision ImageNet ResNet weights at
+    ``path`` (``--imagenet_init``: the state dict of ``torchvision.models.resnet50`` /
+    ``resnet101``, as their ``.pth`` files hold it, possibly in a ``state_dict`` / ``model``
+    wrapper), loaded safely; the ImageNet ``fc`` is dropped and 2-D kernels are inflated where
+    the backbone is 3-D (``modeling_tpn.imagenet_to_backbone``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a tensors-only checkpoint, or a missing, left-over or wrongly shaped
+            backbone weight (all listed; e.g. a ResNet-50 file for a ResNet-101).
+    """
+    state = modeling_tpn.imagenet_to_backbone(unwrap_state_dict(load_checkpoint(path)),
+                                              model.backbone)
+    return load_weights(model.backbone, state, path)
 
 
 def load_teacher(teacher, path):

@@ -5,12 +5,17 @@ the protocol MMKD Sec. 4.1 and MVD use unchanged).
   copies of a clip flattened into the batch), timm Mixup/CutMix, gradient accumulation and a
   per-update timm lr schedule; the update itself is a :class:`TorchStep` (autocast, GradScaler,
   clipping, DDP) or a :class:`DeepSpeedStep` (``--enable_deepspeed``: the engine does all that).
+  A model with an auxiliary head (TPN) adds its weighted loss (:func:`classification_loss`),
+  logged as its own term ``loss_aux`` beside ``loss_cls``.
 - :func:`evaluate`: single-view validation (one centred clip and crop per video), Top-1/Top-5.
 - :func:`multiview_test`: every test view (``test_num_segment`` clips x ``test_num_crop``
   crops) scored once, the softmax probabilities of a video's views averaged, then Top-1, Top-5
   and mean per-class accuracy over videos. Scores are gathered as tensors from every process
   (no per-rank text files), and views are de-duplicated by ``(video, view)``, so the result is
-  exact whatever the number of processes.
+  exact whatever the number of processes. Optionally a horizontally flipped pass of every
+  view is averaged in (``flip``; TPN's Kinetics test). A CNN scores its views fully
+  convolutionally (``modeling_tpn.ClsHead``), so its test views may be larger than its
+  training crops (``--fcn_test``).
 
 Accuracies are percentages. Top-5 means top-``min(5, C)`` when the head has ``C < 5`` classes
 (so it is 100 for ``C <= 5``); the summary records the ``k`` used.
@@ -30,9 +35,9 @@ from distributed import all_reduce_sum, every_rank, get_rank, is_main_process
 from engine_for_pretraining import NonFiniteLossError, autocast_context, backward_step
 from logger import Averager, epoch_summary
 
-__all__ = ["DeepSpeedStep", "NonFiniteLossError", "TorchStep", "average_views", "evaluate",
-           "flatten_repeated", "mix_clips", "multiview_metrics", "multiview_test", "score_views",
-           "topk_correct", "train_one_epoch", "write_predictions"]
+__all__ = ["DeepSpeedStep", "NonFiniteLossError", "TorchStep", "average_views",
+           "classification_loss", "evaluate", "flatten_repeated", "mix_clips", "multiview_metrics",
+           "multiview_test", "score_views", "topk_correct", "train_one_epoch", "write_predictions"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +82,26 @@ def mix_clips(mixup_fn, videos, labels):
     return mixed.view_as(videos), targets
 
 
+def classification_loss(criterion, output, targets):
+    """The training loss of a classifier's output.
+
+    Args:
+        criterion: loss of ``(logits [B, C] float32, targets)``.
+        output: logits ``[B, C]``, or (a model with an auxiliary head in training, e.g.
+            ``modeling_tpn.AuxOutput``) an object with ``logits``, ``aux_logits`` and
+            ``aux_weight``: TPN's deep supervision, Sec. 3.3.
+    Returns:
+        ``(loss, terms)``: ``criterion(logits)`` and ``{}``; with an auxiliary head
+        ``loss_cls + loss_aux`` and ``{"loss_cls": criterion(logits), "loss_aux": aux_weight
+        x criterion(aux_logits)}`` (the same criterion and targets for both).
+    """
+    if not hasattr(output, "aux_logits"):
+        return criterion(output.float(), targets), {}
+    loss_cls = criterion(output.logits.float(), targets)
+    loss_aux = output.aux_weight * criterion(output.aux_logits.float(), targets)
+    return loss_cls + loss_aux, {"loss_cls": loss_cls, "loss_aux": loss_aux}
+
+
 class TorchStep:
     """One micro-batch in plain PyTorch: forward and loss under autocast, backward of
     ``loss / update_freq`` (DDP ``no_sync`` while accumulating) and, on the last micro-batch of
@@ -95,8 +120,9 @@ class TorchStep:
         self.eval_kwargs = dict(amp_dtype=amp_dtype)  # for evaluate / multiview_test
 
     def loss(self, criterion, videos, targets):
+        """``(loss, terms)`` of :func:`classification_loss`, under autocast."""
         with autocast_context(videos.device, self.amp_dtype):
-            return criterion(self.model(videos), targets)
+            return classification_loss(criterion, self.model(videos), targets)
 
     def is_boundary(self, i):
         """Whether micro-batch ``i`` of the epoch ends an update."""
@@ -119,7 +145,7 @@ class DeepSpeedStep:
         self.eval_kwargs = dict(dtype=dtype)  # the engine's model is held in this dtype
 
     def loss(self, criterion, videos, targets):
-        return criterion(self.model(videos.to(self.dtype)).float(), targets)
+        return classification_loss(criterion, self.model(videos.to(self.dtype)), targets)
 
     def is_boundary(self, i):
         return self.model.is_gradient_accumulation_boundary()
@@ -155,7 +181,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
             ``TorchStep(model, optimizer, ...)`` of the arguments above.
     Returns:
         dict of epoch means over processes (``loss``, ``lr``, ``grad_norm``, ``clips_per_s``,
-        ``data_time``, ``step_time``) plus totals ``clips`` and ``skipped_videos``.
+        ``data_time``, ``step_time``; ``loss_cls`` and ``loss_aux`` for a model with an
+        auxiliary head) plus totals ``clips`` and ``skipped_videos``.
     Raises:
         NonFiniteLossError: the loss is NaN/inf (names epoch and step); no step is taken on it.
     """
@@ -187,15 +214,16 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
         if not every_rank(videos is not None and videos.shape[0] > 0, device):
             t_end = time.perf_counter()
             continue
-        loss = step.loss(criterion, videos, targets)
-        loss_value = loss.item()
+        loss, terms = step.loss(criterion, videos, targets)
+        values = torch.stack([loss, *terms.values()]).detach().tolist()  # one host sync
+        loss_value = values[0]
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {i} (global "
                                      f"update {update}); stopping without a step")
         boundary = step.is_boundary(i)
         if boundary:
             lr_scheduler.step_update(update)
-        step_metrics = dict(loss=loss_value)
+        step_metrics = dict(loss=loss_value, **dict(zip(terms, values[1:])))
         grad_norm = step(loss, boundary)
         if grad_norm is not None:
             step_metrics["grad_norm"] = grad_norm
@@ -327,12 +355,15 @@ def evaluate(model, data_loader, device, *, amp_dtype=None, dtype=None, distribu
 
 
 @torch.no_grad()
-def score_views(model, data_loader, device, *, amp_dtype=None, dtype=None):
+def score_views(model, data_loader, device, *, amp_dtype=None, dtype=None, flip=False):
     """Softmax probabilities of every test view this process sees.
 
     Args:
         data_loader: test-mode batches (``video``, ``label``, ``video_id``, ``index``, ``view``).
         amp_dtype, dtype: as in :func:`evaluate`.
+        flip: a view's probabilities are the mean of those of the view and of its
+            horizontally flipped copy (the same as counting the flipped copy as one more
+            view of the video).
     Returns:
         dict ``video_index [M]``, ``view [M]``, ``label [M]`` (int64), ``probs [M, C]``
         (float32, CPU), ``video_ids`` (``{video_index: video_id}``), ``skipped`` (views whose
@@ -345,13 +376,16 @@ def score_views(model, data_loader, device, *, amp_dtype=None, dtype=None):
         skipped += int(batch.get("num_skipped", 0))
         if "video" not in batch:
             continue
+        videos = batch["video"].to(device=device, dtype=dtype)  # [B, 3, T, H, W]
         with autocast_context(device, amp_dtype):
-            logits = model(batch["video"].to(device=device, dtype=dtype))
-        rows["probs"].append(logits.float().softmax(dim=1).cpu())  # [B, C]
+            probs = model(videos).float().softmax(dim=1)  # [B, C]
+            if flip:
+                probs = (probs + model(videos.flip(-1)).float().softmax(dim=1)) / 2
+        rows["probs"].append(probs.cpu())
         for key in ("video_index", "view", "label"):
             rows[key].append(batch["index" if key == "video_index" else key].long())
         video_ids.update(zip(batch["index"].tolist(), batch["video_id"]))
-    c = getattr(getattr(model, "head", None), "out_features", 0)
+    c = getattr(model, "num_classes", 0)
     out = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for k, v in rows.items()}
     if not rows["probs"]:
         out["probs"] = torch.zeros(0, c)
@@ -394,13 +428,13 @@ def write_predictions(path, video_ids, labels, mean_probs, num_views, k=5):
 
 
 def multiview_test(model, data_loader, device, *, amp_dtype=None, dtype=None, output_dir="",
-                   views_per_video=None):
+                   views_per_video=None, flip=False):
     """The multi-view test: score every view, gather, average per video, report.
 
     Args:
         model: classifier (unwrapped); data_loader: test-mode loader whose sampler gives each
             view to exactly one process (duplicates would be dropped anyway).
-        amp_dtype, dtype: as in :func:`evaluate`.
+        amp_dtype, dtype: as in :func:`evaluate`; flip: as in :func:`score_views`.
         output_dir: when set, rank 0 writes ``predictions.csv`` (:func:`write_predictions`)
             and ``test_summary.json`` there.
         views_per_video: ``test_num_segment * test_num_crop``, recorded in the summary.
@@ -409,7 +443,7 @@ def multiview_test(model, data_loader, device, *, amp_dtype=None, dtype=None, ou
         (distinct views scored), ``skipped_views``, ``views_per_video``.
     """
     merged = _gather_scores(score_views(model, data_loader, device, amp_dtype=amp_dtype,
-                                         dtype=dtype))
+                                         dtype=dtype, flip=flip))
     summary = None
     if merged is not None:
         videos, mean_probs, num_views = average_views(merged["video_index"], merged["view"],

@@ -61,7 +61,8 @@ FLAG_RANGES = {
     "lr": POSITIVE, "min_lr": AT_LEAST_0, "warmup_lr": AT_LEAST_0, "warmup_epochs": AT_LEAST_0,
     "warmup_steps": Range(-1), "weight_decay": AT_LEAST_0, "weight_decay_end": AT_LEAST_0,
     "clip_grad": POSITIVE, "opt_eps": POSITIVE, "opt_betas": FRACTION, "momentum": PROBABILITY,
-    "layer_decay": Range(0, 1, low_open=True),
+    "layer_decay": Range(0, 1, low_open=True), "decay_milestones": AT_LEAST_1,
+    "decay_rate": Range(0, 1, low_open=True),
     # regularisation and augmentation
     "drop_path": FRACTION, "fc_drop_rate": FRACTION, "smoothing": FRACTION,
     "mixup": AT_LEAST_0, "cutmix": AT_LEAST_0, "cutmix_minmax": PROBABILITY,

@@ -5,12 +5,16 @@ timm's global registry (which owns ``vit_small_patch16_224`` and friends for ima
   (:func:`create_student`) or as a teacher (:func:`create_teacher`), as in the reference's
   ``--model`` / ``--model_t``;
 - ``vit_{tiny,small,base,large,huge}_patch16_224``: the fine-tuning classifier
-  (:func:`create_classifier`).
+  (:func:`create_classifier`);
+- the CNNs of TPN's model zoo (``modeling_tpn``; :data:`CNN_MODELS`), classifiers too:
+  ``tpn_r50``, ``tpn_r101`` (slow-only 3-D ResNet + TPN), ``tsm_r50_tpn`` (TSM ResNet-50 +
+  TPN) and their backbones alone, ``slowonly_r50``, ``slowonly_r101``, ``tsm_r50``.
 """
 from modeling_encoder import VideoViTEncoder
 from modeling_finetune import VisionTransformer
 from modeling_student import PretrainVisionTransformer
 from modeling_teacher import Teacher
+from modeling_tpn import CNN_CONFIGS, create_cnn
 
 # width, depth, heads of the encoder; width and heads of VideoMAE's pixel decoder
 ARCHS = {
@@ -21,6 +25,7 @@ ARCHS = {
     "huge": dict(embed_dim=1280, depth=32, num_heads=16, decoder_embed_dim=640, decoder_num_heads=8),
 }
 PRETRAIN_MODELS = {f"pretrain_videomae_{s}_patch16_224": s for s in ARCHS}
+CNN_MODELS = sorted(CNN_CONFIGS)
 CLASSIFIER_MODELS = {f"vit_{s}_patch16_224": s for s in ARCHS}
 
 
@@ -61,10 +66,20 @@ def create_teacher(name, sees_all_tokens=False, **kwargs):
                    sees_all_tokens)
 
 
-def create_classifier(name, num_classes=400, fc_drop_rate=0.0, init_scale=0.001, **kwargs):
-    """A :class:`VisionTransformer` classifier of size ``name`` (fine-tuning ``--model``);
-    ``init_scale`` scales the new head (``--init_scale``); ``kwargs`` as in
-    :func:`create_student`."""
+def create_classifier(name, num_classes=400, fc_drop_rate=None, init_scale=0.001, **kwargs):
+    """The fine-tuning classifier ``name`` (``--model``): a :class:`VisionTransformer` of
+    that size, or one of the :data:`CNN_MODELS` (``modeling_tpn.create_cnn``).
+
+    ``fc_drop_rate``: dropout before the head; None = the family's recipe (ViT 0, CNN 0.5).
+    ``init_scale``: the ViT's new head is scaled by it (``--init_scale``).
+    ``kwargs``: as in :func:`create_student`; a CNN reads ``num_frames`` and
+    ``use_checkpoint`` only (it takes any input size, has no drop path and no position
+    table). Raises ValueError for an unknown name.
+    """
+    if name in CNN_CONFIGS:
+        return create_cnn(name, num_classes, kwargs.get("num_frames", 8),
+                          0.5 if fc_drop_rate is None else fc_drop_rate,
+                          kwargs.get("use_checkpoint", False))
     arch = _arch(name, CLASSIFIER_MODELS, "--model")
-    return VisionTransformer(num_classes=num_classes, fc_drop_rate=fc_drop_rate,
+    return VisionTransformer(num_classes=num_classes, fc_drop_rate=fc_drop_rate or 0.0,
                              init_scale=init_scale, **_encoder_kwargs(arch, **kwargs))

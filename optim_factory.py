@@ -1,6 +1,7 @@
 """Optimisation set-up shared by pre-training and fine-tuning: the flags, the lr scaled by
-the effective batch, the timm optimizer (layer decay, fused AdamW on CUDA), the per-update
-warm-up + cosine schedule, and the autocast / loss-scaler choice.
+the effective batch, the timm optimizer (layer decay, fused AdamW on CUDA; ``--opt sgd`` is
+timm's SGD with Nesterov momentum), the per-update warm-up + cosine schedule or the
+multi-step one (``--sched multistep``, TPN's recipe), and the autocast / loss-scaler choice.
 
 The lr rule is VideoMAE's: ``--lr``, ``--min_lr`` and ``--warmup_lr`` are per 256 clips and
 scale linearly with ``batch_size x processes x update_freq`` (Goyal et al. 2017).
@@ -9,7 +10,7 @@ import argparse
 
 import torch
 from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 
 import distributed as du
 
@@ -28,6 +29,12 @@ def add_optim_args(parser, *, lr, min_lr, warmup_epochs, opt_betas=None):
     a("--min_lr", type=float, default=min_lr, help="final lr per 256 clips")
     a("--warmup_epochs", type=int, default=warmup_epochs)
     a("--warmup_steps", type=int, default=-1, help="warm-up updates (overrides --warmup_epochs)")
+    a("--sched", default="cosine", choices=["cosine", "multistep"],
+      help="lr schedule after the warm-up: cosine to --min_lr, or x --decay_rate at each of "
+           "--decay_milestones")
+    a("--decay_milestones", type=int, nargs="+", default=[75, 125],
+      help="multistep: the epochs from which the lr is multiplied by --decay_rate once more")
+    a("--decay_rate", type=float, default=0.1, help="multistep: lr factor per milestone")
     a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
       help="autocast: on CUDA auto = bf16 where supported, else fp16 + loss scaling; on a CPU "
            "auto = float32 and bf16 is opt-in (fast on CPUs with AVX512-BF16 or AMX)")
@@ -56,22 +63,35 @@ def fused_kwargs(args):
     return {"fused": True} if fused else {}
 
 
-def build_optimizer(model, args, layer_decay=None):
+def build_optimizer(model, args, layer_decay=None, filter_bias_and_bn=True):
     """timm optimizer over ``model``'s trainable parameters at ``args.lr_scaled``, no weight
-    decay on biases, norms and ``model.no_weight_decay()``, optional layer-wise lr decay
-    (``layer_decay < 1``), and ``fused=True`` for AdamW/Adam on CUDA (``--fused_opt``)."""
+    decay on biases, norms and ``model.no_weight_decay()`` (unless ``filter_bias_and_bn`` is
+    False: weight decay on every parameter, as mmcv's SGD of the CNN recipes), optional
+    layer-wise lr decay (``layer_decay < 1``), and ``fused=True`` for AdamW/Adam on CUDA
+    (``--fused_opt``)."""
     kwargs = dict(optimizer_kwargs(args), lr=args.lr_scaled, **fused_kwargs(args))
     kwargs["layer_decay"] = layer_decay if layer_decay is not None and layer_decay < 1.0 else None
-    return create_optimizer_v2(model, **kwargs)
+    return create_optimizer_v2(model, filter_bias_and_bn=filter_bias_and_bn, **kwargs)
 
 
 def build_lr_scheduler(optimizer, args, steps_per_epoch):
     """Per-update schedule: linear warm-up from ``warmup_lr`` over ``--warmup_steps`` (or
-    ``--warmup_epochs``) updates, then cosine to ``min_lr`` at the last update.
-    Returns ``(timm CosineLRScheduler, warm-up updates, total updates)``."""
+    ``--warmup_epochs``) updates, then (``--sched cosine``) cosine to ``min_lr`` at the last
+    update, or (``--sched multistep``) the lr times ``decay_rate ** k`` from the first update
+    of the epoch of the ``k``-th of ``--decay_milestones`` on (mmcv's ``step`` policy of the
+    TPN recipe: with milestones 75, 125 epochs 0-74 train at the full lr, 75-124 at 0.1x).
+    Returns ``(timm scheduler, warm-up updates, total updates)``."""
     total = steps_per_epoch * args.epochs
     warmup = args.warmup_steps if args.warmup_steps >= 0 else args.warmup_epochs * steps_per_epoch
     warmup = min(warmup, total - 1)
+    if getattr(args, "sched", "cosine") == "multistep":
+        # timm counts milestone m from update m - 1 (it compares t + 1): + 1 makes an epoch
+        # milestone start at that epoch's first update
+        scheduler = MultiStepLRScheduler(
+            optimizer, decay_t=sorted(m * steps_per_epoch + 1 for m in args.decay_milestones),
+            decay_rate=args.decay_rate, warmup_t=warmup, warmup_lr_init=args.warmup_lr_scaled,
+            warmup_prefix=False, t_in_epochs=False)
+        return scheduler, warmup, total
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup),
                                   lr_min=args.min_lr_scaled, warmup_t=warmup,
                                   warmup_lr_init=args.warmup_lr_scaled, warmup_prefix=True,

@@ -13,7 +13,14 @@ label smoothing, RandAugment, random erasing and repeated augmentation; every ep
 validated on ``val.csv`` (one view per video) when it exists, and the run ends with the
 multi-view test on ``test.csv`` (``--test_num_segment`` x ``--test_num_crop`` views per
 video, probabilities averaged), written to ``predictions.csv`` and ``test_summary.json``.
-``--eval`` runs only that test. ``--enable_deepspeed`` (``--zero_stage`` 0-2) trains through a
+``--eval`` runs only that test.
+
+The same script trains and tests TPN's CNNs (``--model tpn_r50`` ...; ``modeling_tpn``):
+ImageNet initialisation from a torchvision ResNet file (``--imagenet_init``), SGD with
+Nesterov momentum (``--opt sgd``), the multi-step schedule (``--sched multistep``), the
+auxiliary head's loss logged as ``loss_aux``, and the fully convolutional test
+(``--fcn_test``: 3 crops of the whole ``--short_side_size`` square, ``--test_flip``).
+``--enable_deepspeed`` (``--zero_stage`` 0-2) trains through a
 DeepSpeed engine, which then saves DeepSpeed checkpoint directories (``<output_dir>/latest``,
 ``<output_dir>/checkpoint-<epoch>/``) that ``--eval``, ``--finetune`` and resuming read too.
 """
@@ -29,7 +36,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import distributed as du
 from checkpoint import (CheckpointWriteError, adopt_position_table, checkpoint_candidates,
-                        first_loadable, latest_checkpoint, load_pretrained,
+                        first_loadable, latest_checkpoint, load_imagenet_init, load_pretrained,
                         load_resume_checkpoint,
                         save_checkpoint, unwrap_state_dict)
 from datasets import DATA_SETS
@@ -39,7 +46,7 @@ from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep,
                                    multiview_test, train_one_epoch)
 from flag_checks import check_flags
 from logger import RunLogger
-from model_factory import CLASSIFIER_MODELS, create_classifier
+from model_factory import CLASSIFIER_MODELS, CNN_MODELS, create_classifier
 from modeling_encoder import POS_EMBED_TABLES, compile_blocks
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
@@ -58,9 +65,13 @@ def get_args_parser():
     a("--save_ckpt_freq", type=int, default=100,
       help="save every this many epochs (and at the end)")
     # model
-    a("--model", default="vit_base_patch16_224", choices=sorted(CLASSIFIER_MODELS))
+    a("--model", default="vit_base_patch16_224", choices=sorted(CLASSIFIER_MODELS) + CNN_MODELS)
     a("--finetune", default="", help="pre-trained checkpoint (student, teacher, VideoMAE/MVD/"
-      "MMKD pre-training or fine-tuned); empty = random initialisation")
+      "MMKD pre-training or fine-tuned; for the CNNs ours, decisionforce/TPN's or mmaction2's); "
+      "empty = random initialisation")
+    a("--imagenet_init", default="", help="CNNs: torchvision ImageNet ResNet weights (a "
+      "resnet50/resnet101 .pth state dict) to initialise the backbone, inflated to 3-D; "
+      "empty = random")
     a("--input_size", type=int, default=224, help="clip height = width in pixels")
     a("--num_frames", type=int, default=16)
     a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
@@ -68,9 +79,10 @@ def get_args_parser():
       "table, sincos_3d = MVD's 3-D sin-cos table; a checkpoint that stores or records "
       "its table overrides this")
     a("--drop_path", type=float, default=0.1)
-    a("--fc_drop_rate", type=float, default=0.0, help="dropout before the head")
+    a("--fc_drop_rate", type=float, default=None,
+      help="dropout before the head (default: 0 for the ViTs, 0.5 for the CNNs)")
     a("--init_scale", type=float, default=0.001,
-      help="the new head's truncated-normal (std 0.02) weights are multiplied by this")
+      help="the new head's truncated-normal (std 0.02) weights are multiplied by this (ViTs)")
     a("--use_checkpoint", action="store_true", help="activation checkpointing of the blocks")
     # optimisation (VideoMAE fine-tuning defaults)
     add_optim_args(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
@@ -98,6 +110,11 @@ def get_args_parser():
     a("--short_side_size", type=int, default=224, help="short side before the test crops")
     a("--test_num_segment", type=int, default=5, help="temporal test views")
     a("--test_num_crop", type=int, default=3, choices=[1, 3], help="spatial test views")
+    a("--fcn_test", action=argparse.BooleanOptionalAction, default=False,
+      help="CNNs: fully convolutional test, crops of the whole --short_side_size square "
+           "instead of --input_size (TPN's 256 px test)")
+    a("--test_flip", action=argparse.BooleanOptionalAction, default=False,
+      help="average a horizontally flipped pass of every test view in")
     # run
     a("--dist_eval", action=argparse.BooleanOptionalAction, default=True,
       help="shard validation and test over the processes (exact, no padding)")
@@ -117,8 +134,21 @@ def resolve_args(args, model):
     if args.short_side_size < args.input_size:
         raise ValueError(f"--short_side_size {args.short_side_size} is smaller than the "
                          f"--input_size {args.input_size} crops")
-    args.token_grid = list(model.patch_embed.grid_size)
-    args.pos_embed = model.pos_embed_type  # as loaded: checkpoints record the table used
+    cnn = args.model in CNN_MODELS
+    if args.fcn_test and not cnn:
+        raise ValueError(f"--fcn_test needs a fully convolutional model ({', '.join(CNN_MODELS)}); "
+                         f"the input size of {args.model} is fixed by its position table")
+    if cnn:  # ViT-only settings: say so rather than silently train something else
+        ignored = [f"--{k} {getattr(args, k)}" for k, off in (("layer_decay", 1.0),
+                                                              ("drop_path", 0.0))
+                   if getattr(args, k) != off]
+        if ignored:
+            print(f"note: {', '.join(ignored)} ignored: layer-wise lr decay and drop path are "
+                  f"ViT settings, {args.model} is a CNN")
+        args.layer_decay, args.drop_path = 1.0, 0.0
+    args.token_grid = list(model.patch_embed.grid_size) if not cnn else None
+    # as loaded: checkpoints record the table used (a CNN has none)
+    args.pos_embed = model.pos_embed_type if not cnn else None
     scale_lrs(args)
     args.mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     if args.mixup_active and not args.eval and args.batch_size * args.num_sample % 2:
@@ -134,6 +164,12 @@ def build_model(args):
                               img_size=args.input_size,
                               num_frames=args.num_frames, drop_path_rate=args.drop_path,
                               use_checkpoint=args.use_checkpoint, pos_embed=args.pos_embed)
+    if args.imagenet_init:
+        if args.model not in CNN_MODELS:
+            raise ValueError(f"--imagenet_init initialises the CNNs ({', '.join(CNN_MODELS)}), "
+                             f"not {args.model}; use --finetune")
+        load_imagenet_init(model, args.imagenet_init)
+        print(f"backbone initialised from the ImageNet weights {args.imagenet_init}")
     if args.finetune:  # encoder weights must all fit; fc_norm / head are new
         missing, unexpected = load_pretrained(model, args.finetune, args.finetune)
         print(f"loaded {args.finetune}: new (missing) keys {missing or 'none'}; unused keys "
@@ -182,9 +218,11 @@ def build_loader(args, mode):
 
 
 def build_training(args, model, steps_per_epoch):
-    """Optimizer (timm, layer-wise lr decay), per-update cosine schedule with warm-up, Mixup
-    and the loss. Returns ``(optimizer, lr_scheduler, mixup_fn, criterion, warmup)``."""
-    optimizer = build_optimizer(model, args, layer_decay=args.layer_decay)
+    """Optimizer (timm, layer-wise lr decay; the CNNs decay every parameter, as their mmcv
+    recipes), per-update schedule with warm-up, Mixup and the loss. Returns
+    ``(optimizer, lr_scheduler, mixup_fn, criterion, warmup)``."""
+    optimizer = build_optimizer(model, args, layer_decay=args.layer_decay,
+                                filter_bias_and_bn=args.model not in CNN_MODELS)
     lr_scheduler, warmup, _ = build_lr_scheduler(optimizer, args, steps_per_epoch)
     mixup_fn = None
     if args.mixup_active:
@@ -238,7 +276,8 @@ def _resume(args, model, optimizer=None, scaler=None):
     path, ckpt = load_resume_checkpoint(args.resume, args.output_dir, args.auto_resume)
     if not path:
         return None
-    args.pos_embed = adopt_position_table(model, ckpt, path)
+    if hasattr(model, "pos_embed_type"):  # a ViT: the table the checkpoint was trained with
+        args.pos_embed = adopt_position_table(model, ckpt, path)
     try:
         model.load_state_dict(unwrap_state_dict(ckpt))
     except RuntimeError as e:
@@ -294,8 +333,11 @@ def run_test(args, model, loaders, device, **eval_kwargs):
     _, loader, _ = loaders["test"]
     t0 = time.time()
     summary = multiview_test(model, loader, device, **eval_kwargs, output_dir=args.output_dir,
-                             views_per_video=args.test_num_segment * args.test_num_crop)
-    print(f"multi-view test ({args.test_num_segment}x{args.test_num_crop} views) of "
+                             views_per_video=args.test_num_segment * args.test_num_crop,
+                             flip=args.test_flip)
+    print(f"multi-view test ({args.test_num_segment}x{args.test_num_crop} views"
+          f"{', fully convolutional' if args.fcn_test else ''}"
+          f"{', flip averaged in' if args.test_flip else ''}) of "
           f"{summary['num_videos']} videos, {summary['num_views']} views: Top-1 "
           f"{summary['top1']:.2f} | Top-{summary['topk_used']} {summary['top5']:.2f} | mean "
           f"class accuracy {summary['mean_class_acc']:.2f} | skipped {summary['skipped_views']} "
@@ -324,11 +366,13 @@ def _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine=None):
 
 def _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn):
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    schedule = (f"min {args.min_lr_scaled:.3e}" if args.sched == "cosine" else
+                f"x{args.decay_rate} from epochs {args.decay_milestones}")
     print(f"{args.model}: {n_params / 1e6:.2f}M parameters, {args.nb_classes} classes, token "
           f"grid {args.token_grid}; effective batch {args.total_batch_size} = {args.batch_size} "
           f"x {args.world_size} processes x {args.update_freq} accumulation (x {args.num_sample} "
-          f"repeated augmentation); lr {args.lr_scaled:.3e} (min {args.min_lr_scaled:.3e}, "
-          f"warm-up {warmup} updates), layer decay {args.layer_decay}, "
+          f"repeated augmentation); lr {args.lr_scaled:.3e} ({schedule}, warm-up {warmup} "
+          f"updates), layer decay {args.layer_decay}, "
           f"{len(optimizer.param_groups)} parameter groups; {steps_per_epoch} updates per "
           f"epoch; mixup {'on' if mixup_fn else 'off'}")
 
@@ -377,7 +421,8 @@ def train(args, model, loaders, device, amp_dtype, scaler):
         except NonFiniteLossError as e:
             last = latest_checkpoint(args.output_dir)
             sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")
-        print(f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f} | lr "
+        aux = f" (aux {stats['loss_aux']:.4f})" if "loss_aux" in stats else ""
+        print(f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f}{aux} | lr "
               f"{stats.get('lr', 0):.3e} | {stats.get('clips_per_s', 0):.2f} clips/s | skipped "
               f"{stats['skipped_videos']} corrupted videos")
         saving = (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs

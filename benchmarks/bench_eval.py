@@ -10,7 +10,13 @@ on the same view batches:
   ``torch.no_grad``, fp16 autocast on CUDA, float32 on a CPU (``torch.cuda.amp`` does
   nothing there).
 
+The CNNs of TPN's zoo (``--models tpn_r50 ...``, any of ``model_factory.CNN_MODELS``) are
+timed beside the ViTs on TPN's own test views: 8 frames, fully convolutional on the whole
+256 px short side (``--small``: 64 px); their FLOPs are counted by
+``torch.utils.flop_counter`` (convolutions and matmuls, multiply-add = 2).
+
     python benchmarks/bench_eval.py --models S B --batch_size 32        # GPU, 16x224
+    python benchmarks/bench_eval.py --models B tpn_r50 --batch_size 32  # ViT-B beside TPN-R50
     python benchmarks/bench_eval.py --small --device cpu                # < 1 min
 """
 import copy
@@ -22,7 +28,7 @@ from common import (add_common_args, arg_parser, classifier_flops, device_descri
                     device_peak_tflops, fast_amp_dtype, fast_init, fmt_bytes, mfu_text, setup,
                     size_name, summary, sync, time_fn)
 from engine_for_pretraining import autocast_context
-from model_factory import create_classifier
+from model_factory import CNN_MODELS, create_classifier
 from modeling_encoder import compile_blocks, set_fused_attn
 
 
@@ -41,6 +47,16 @@ def mode_fn(model, views, device, mode):
     return fwd, amp
 
 
+def cnn_flops(model, frames, size):
+    """FLOPs of one ``frames x size x size`` view through ``model``, counted by
+    ``torch.utils.flop_counter`` on a meta-device copy (nothing computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    meta = copy.deepcopy(model).to("meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        meta(torch.empty(1, 3, frames, size, size, device="meta"))
+    return counter.get_total_flops()
+
+
 def cuda_peak(device, fn):
     if device.type != "cuda":
         return None
@@ -54,7 +70,8 @@ def cuda_peak(device, fn):
 def main(argv=None):
     p = add_common_args(arg_parser(__doc__.splitlines()[0]))
     a = p.add_argument
-    a("--models", nargs="+", default=["S", "B"], help="classifier sizes")
+    a("--models", nargs="+", default=["S", "B"],
+      help=f"ViT sizes and/or CNN names ({', '.join(CNN_MODELS)})")
     a("--batch_size", type=int, default=None, help="views per forward (default 32; --small 2)")
     a("--num_frames", type=int, default=None)
     a("--input_size", type=int, default=None)
@@ -74,16 +91,22 @@ def main(argv=None):
           f"device: {device_description(device)}; {warmup} warm-up + {iters} timed batches per "
           f"mode, modes taking turns, fastest batch reported (median in brackets); memory: "
           f"CUDA peak (n/a on CPU)")
+    cnn_frames, cnn_size = 8, (64 if small else 256)
+    if any(m in CNN_MODELS for m in args.models):
+        print(f"CNN views: {cnn_frames}x{cnn_size} (TPN's fully convolutional 8x8 test)")
     g = torch.Generator().manual_seed(0)
-    views = torch.randn(batch, 3, frames, size, size, generator=g).to(device)
     results = {}
     for m in args.models:
+        cnn = m in CNN_MODELS
+        f, s = (cnn_frames, cnn_size) if cnn else (frames, size)
+        views = torch.randn(batch, 3, f, s, s, generator=g).to(device)
         with fast_init():
-            model = create_classifier(f"vit_{size_name(m)}_patch16_224",
-                                      num_classes=args.num_classes, img_size=size,
-                                      num_frames=frames)
+            model = (create_classifier(m, num_classes=args.num_classes, num_frames=f) if cnn else
+                     create_classifier(f"vit_{size_name(m)}_patch16_224",
+                                       num_classes=args.num_classes, img_size=s, num_frames=f))
         model = model.to(device).eval()
-        flops = classifier_flops(m, frames, size, args.num_classes)
+        flops = cnn_flops(model, f, s) if cnn else classifier_flops(m, f, s, args.num_classes)
+        label = m if cnn else f"ViT-{m}"
         fns = {}
         for mode in args.modes:
             net = model
@@ -103,11 +126,11 @@ def main(argv=None):
             vps = batch / best
             peak, src = device_peak_tflops(device, amp is not None, args.peak_tflops)
             results[m, mode] = vps
-            print(f"ViT-{m} {mode:>9}: {vps:9.2f} views/s ({batch / med:.2f}) | "
+            print(f"{label} {mode:>9}: {vps:9.2f} views/s ({batch / med:.2f}) | "
                   f"{best * 1e3:.1f} ms/batch | memory {fmt_bytes(cuda_peak(device, fwd))} | model "
                   f"{mfu_text(flops * vps, peak)} [{src}] | {flops / 1e9:.1f} GFLOP/view")
         if len(args.modes) == 2:
-            print(f"ViT-{m} ratio optimised/baseline: "
+            print(f"{label} ratio optimised/baseline: "
                   f"{results[m, 'optimised'] / results[m, 'baseline']:.2f}x views/s")
         del model
     return results

@@ -20,6 +20,8 @@ from .video_io import VideoDecodeError, load_frames, read_annotation
 DATA_SETS = {
     "Kinetics-400": dict(sampling="dense", flip=True, nb_classes=400, test_num_segment=5),
     "SSV2": dict(sampling="tsn", flip=False, nb_classes=174, test_num_segment=2),
+    # Something-Something V1: JPEG frame folders (video_io.load_frames reads a directory)
+    "SSV1": dict(sampling="tsn", flip=False, nb_classes=174, test_num_segment=2),
     "UCF101": dict(sampling="dense", flip=True, nb_classes=101, test_num_segment=5),
     "HMDB51": dict(sampling="dense", flip=True, nb_classes=51, test_num_segment=5),
 }
@@ -55,7 +57,8 @@ def build_dataset(is_train, test_mode, args):
     Reads ``args.data_set`` (one of ``DATA_SETS``), ``data_path``, ``num_frames``,
     ``sampling_rate``, ``input_size``, and optional ``nb_classes`` (default: the benchmark's),
     ``data_root`` (''), ``short_side_size`` (``input_size``), ``test_num_segment``
-    (5; SSV2 2), ``test_num_crop`` (3), ``num_sample`` (1), ``aa`` (None),
+    (5; SSV2 2), ``test_num_crop`` (3), ``fcn_test`` (False: the test crops are
+    ``short_side_size`` squares instead of ``input_size`` ones), ``num_sample`` (1), ``aa`` (None),
     ``train_interpolation`` ('bicubic'), ``reprob`` (0), ``remode`` ('pixel'), ``recount`` (1).
     Returns:
         ``(VideoClsDataset, nb_classes)``.
@@ -72,11 +75,12 @@ def build_dataset(is_train, test_mode, args):
     mode = "train" if is_train else "test" if test_mode else "validation"
     nb_classes = getattr(args, "nb_classes", None) or spec["nb_classes"]
     aa = getattr(args, "aa", None)
+    short_side = getattr(args, "short_side_size", args.input_size)
+    crop = short_side if mode == "test" and getattr(args, "fcn_test", False) else args.input_size
     dataset = VideoClsDataset(
         os.path.join(args.data_path, SPLIT_FILES[mode]), getattr(args, "data_root", ""), mode,
         nb_classes=nb_classes, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
-        sampling=spec["sampling"], flip=spec["flip"], input_size=args.input_size,
-        short_side_size=getattr(args, "short_side_size", args.input_size),
+        sampling=spec["sampling"], flip=spec["flip"], input_size=crop, short_side_size=short_side,
         test_num_segment=getattr(args, "test_num_segment", spec["test_num_segment"]),
         test_num_crop=getattr(args, "test_num_crop", 3), num_sample=getattr(args, "num_sample", 1),
         auto_augment=None if aa in (None, "", "none", "None") else aa,

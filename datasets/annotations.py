@@ -5,6 +5,9 @@ Converters from the official split files (labels become 0-based class indices):
 - Kinetics-400: the official CSV ``label,youtube_id,time_start,time_end,split``; videos are
   named ``{youtube_id}_{time_start:06d}_{time_end:06d}.mp4``; class index = position in the
   sorted class names (or in a given class-names file, so val/test reuse the train classes).
+- Something-Something V1: ``something-something-v1-{train,validation}.csv`` (``id;template``
+  lines) and ``something-something-v1-labels.csv`` (one template per line; class index = line
+  position); videos are the JPEG frame folders ``{id}/`` (read by ``video_io.load_frames``).
 - Something-Something V2: ``something-something-v2-{train,validation}.json`` (items with
   ``id`` and ``template``) and ``something-something-v2-labels.json``
   (``{"Template text": "index"}``; templates match after removing ``[`` ``]``); videos are
@@ -18,7 +21,7 @@ Converters from the official split files (labels become 0-based class indices):
 over the whole video, last one included, are decoded), videos shorter than one sampling
 window (reported; still usable since clips are padded), and label problems.
 
-CLI: ``python -m datasets.annotations {convert-k400,convert-ssv2,convert-ucf101,
+CLI: ``python -m datasets.annotations {convert-k400,convert-ssv1,convert-ssv2,convert-ucf101,
 convert-hmdb51,validate} -h``.
 """
 import argparse
@@ -104,6 +107,25 @@ def convert_ssv2(json_path, labels_path, ext="webm"):
     return samples
 
 
+def convert_ssv1(csv_path, labels_path):
+    """Something-Something V1 ``id;template`` CSV -> ``samples`` (``(id, class index)``, the
+    frame folder named by the id; class index = the template's line in ``labels_path``).
+
+    Raises:
+        ValueError: a line without ``;`` or with a template not in the labels file (file +
+            line).
+    """
+    index = {name: i for i, name in enumerate(read_class_names(labels_path))}
+    samples = []
+    for lineno, line in _read_lines(csv_path):
+        video, sep, template = line.partition(";")
+        if not sep or template not in index:
+            raise ValueError(f"{csv_path}, line {lineno}: expected 'id;template' with a template "
+                             f"of {labels_path}, got {line!r}")
+        samples.append((video, index[template]))
+    return samples
+
+
 def convert_ucf101(class_ind_path, split_path):
     """UCF101 ``classInd.txt`` + ``trainlist0N.txt``/``testlist0N.txt`` -> ``(samples, names)``.
 
@@ -182,7 +204,7 @@ def check_video(path, min_frames=1, num_probe=4):
         ``(kind, message)``: ``('ok', ...)``, ``('short', ...)`` (fewer than ``min_frames``
         frames), ``('missing', ...)`` or ``('corrupted', reason)``.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         return "missing", "file not found"
     count = []
 
@@ -283,6 +305,9 @@ def main(argv=None):
     p.add_argument("--classes_in", help="class-names file to use (e.g. the train split's)")
     p.add_argument("--classes_out", help="write the class names here")
     p.add_argument("--ext", default="mp4")
+    p = converter("convert-ssv1", "Something-Something V1 CSV (frame folders)")
+    p.add_argument("--csv", required=True, help="something-something-v1-{train,validation}.csv")
+    p.add_argument("--labels", required=True, help="something-something-v1-labels.csv")
     p = converter("convert-ssv2", "Something-Something V2 JSON")
     p.add_argument("--json", required=True)
     p.add_argument("--labels", required=True, help="something-something-v2-labels.json")
@@ -310,6 +335,8 @@ def main(argv=None):
     if args.command == "convert-k400":
         classes = read_class_names(args.classes_in) if args.classes_in else None
         _save(args, *convert_k400(args.csv, classes, args.ext))
+    elif args.command == "convert-ssv1":
+        _save(args, convert_ssv1(args.csv, args.labels))
     elif args.command == "convert-ssv2":
         _save(args, convert_ssv2(args.json, args.labels, args.ext))
     elif args.command == "convert-ucf101":

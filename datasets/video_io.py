@@ -11,6 +11,9 @@ the frames before the damage, then raises ``DECORDError``) raises it when a requ
 cannot be decoded, or, with ``check_last=True``, when its last frame cannot; the data sets
 use that on a video's first load (``guard.py``) so such a file is skipped as a whole.
 
+A directory is read as a video whose frames are its image files in name order (the JPEG
+frame folders of Something-Something V1, ``00001.jpg`` ...), decoded with PIL.
+
 AVI files are decoded with PyAV (sequentially, no seeking): decord returns wrong (stale)
 frames at random for the last frames of AVI files (dmlc/decord#195), e.g. for frame 163 of
 ``tests/data/videos/kinetics_clip_test.avi`` in 24-94 % of tries and frame 101 of 103 of the
@@ -37,6 +40,7 @@ except ImportError:  # PyAV only
 
 PYAV_EXTENSIONS = (".avi",)  # decoded with PyAV: decord's frame access is unreliable on them
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv")
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the frames of a frame folder
 
 
 class VideoDecodeError(RuntimeError):
@@ -82,7 +86,7 @@ def read_annotation(path, data_root="", sep=" ", *, nb_classes=None, check_exist
         data_root (str): prefix of relative video paths.
         sep (str): separator besides ``,`` (VideoMAE: a space).
         nb_classes (int | None): when given, labels must lie in ``[0, nb_classes)``.
-        check_exists (bool): check that every video file exists.
+        check_exists (bool): check that every video file (or frame folder) exists.
     Returns:
         list of ``(video_path: str, label: int)``.
     Raises:
@@ -115,7 +119,7 @@ def read_annotation(path, data_root="", sep=" ", *, nb_classes=None, check_exist
             raise ValueError(f"{where}: label {label} outside [0, {nb_classes}) "
                              f"(--nb_classes {nb_classes})")
         video = os.path.join(data_root, video) if data_root else video
-        if check_exists and not os.path.isfile(video):
+        if check_exists and not os.path.exists(video):
             raise FileNotFoundError(f"{where}: video file {video} not found")
         samples.append((video, label))
     if not samples:
@@ -130,7 +134,8 @@ def load_frames(path, indices_fn, *, width=-1, height=-1, short_side=-1, check_l
     it cannot open the file: PyAV.
 
     Args:
-        path (str): video file (any container/codec FFmpeg reads).
+        path (str): video file (any container/codec FFmpeg reads), or a folder of frames
+            (:data:`FRAME_EXTENSIONS` files, in name order; ``fps`` is then 0).
         indices_fn (callable): ``(num_video_frames: int, fps: float) -> int array [T]``.
         width, height (int): when both > 0, frames are resized while decoding.
         short_side (int): when > 0 (and no ``width``/``height``), a video whose short side is
@@ -148,6 +153,9 @@ def load_frames(path, indices_fn, *, width=-1, height=-1, short_side=-1, check_l
             or frames of the wrong shape.
         ValueError: from ``indices_fn`` (bad sampling settings).
     """
+    if os.path.isdir(path):
+        frames, indices = _folder_frames(path, indices_fn, width, height, check_last, short_side)
+        return _checked(path, frames, indices, width, height)
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "file not found")
     use_decord = decord is not None and not path.lower().endswith(PYAV_EXTENSIONS)
@@ -161,6 +169,11 @@ def load_frames(path, indices_fn, *, width=-1, height=-1, short_side=-1, check_l
         frames, indices = _decord_frames(path, reader, indices_fn, check_last)
     else:
         frames, indices = _pyav_frames(path, indices_fn, width, height, check_last, short_side)
+    return _checked(path, frames, indices, width, height)
+
+
+def _checked(path, frames, indices, width, height):
+    """``frames`` after checking they are uint8 ``[T, H, W, 3]`` (``H, W`` as asked)."""
     expected = (len(indices),) + ((height, width) if width > 0 and height > 0 else frames.shape[1:3])
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[:3] != expected \
             or frames.shape[3] != 3:
@@ -260,3 +273,24 @@ def _pyav_frames(path, indices_fn, width, height, check_last, short_side=-1):
                                      f"{width}x{height}")
     return frames, indices
 
+
+def _folder_frames(path, indices_fn, width, height, check_last, short_side=-1):
+    """The requested frames of a frame folder, decoded and resized (as ``load_frames``
+    asks) with PIL."""
+    from PIL import Image
+    files = sorted(f for f in os.listdir(path) if f.lower().endswith(FRAME_EXTENSIONS))
+    indices, unique = _indices(path, indices_fn, len(files), 0.0, check_last)
+    found = {}
+    for i in unique.tolist():
+        try:
+            with Image.open(os.path.join(path, files[i])) as image:
+                image = image.convert("RGB")
+                size = ((width, height) if width > 0 and height > 0 else
+                        scaled_size(*image.size, short_side) if short_side > 0 else image.size)
+                found[i] = np.asarray(image if size == image.size else
+                                      image.resize(size, Image.BILINEAR))
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise VideoDecodeError(path, f"frame {files[i]}: {e}") from None
+    if len({f.shape for f in found.values()}) > 1:
+        raise VideoDecodeError(path, "frames of different sizes")
+    return np.stack([found[i] for i in indices.tolist()]), indices

@@ -64,3 +64,35 @@ FT_HMDB_SMALL=(--sampling_rate 2 --test_num_segment 10)
 
 # the shared launcher (srun / torchrun, DRY_RUN): see launch.sh
 LAUNCH="$(dirname "${BASH_SOURCE[0]}")/launch.sh"
+
+# TPN (METHOD.md "TPN exactly"; decisionforce/TPN's config_files): SGD with Nesterov momentum
+# 0.9, lr 0.01 per 256 clips (8 clips x 32 GPUs, the scripts' default GPUS), x0.1 at epochs 75
+# and 125, 150 epochs, no warm-up, dropout 0.5 and the auxiliary loss 0.5 (both in the
+# model), weight decay on every parameter; no Mixup/CutMix, RandAugment, random erasing,
+# label smoothing or repeated augmentation. Backbone from torchvision's ImageNet ResNet
+# (IMAGENET_INIT). Test fully convolutional on 3 crops of the whole short side 256.
+TPN_RECIPE=(
+  --opt sgd --momentum 0.9 --lr 0.01 --sched multistep --decay_milestones 75 125
+  --decay_rate 0.1 --epochs 150 --warmup_epochs 0 --batch_size 8 --layer_decay 1
+  --drop_path 0 --smoothing 0 --mixup 0 --cutmix 0 --aa none --reprob 0 --num_sample 1
+  --input_size 224 --short_side_size 256 --fcn_test --test_num_crop 3 --dist_eval
+  --save_ckpt_freq 5
+)
+# Kinetics-400: dense FxS sampling, wd 1e-4, clip 40; test 10 clips x 3 crops + flip
+TPN_K400=(--data_set Kinetics-400 --nb_classes 400 --weight_decay 1e-4 --clip_grad 40
+          --test_num_segment 10 --test_flip)
+# Something-Something V1/V2: TSM on 8 TSN segments, wd 5e-4, clip 20; test 16 frames as 2
+# clips of 8 (TSN's 2 test views: the frames ::2 and 1::2) x 3 crops
+TPN_SS=(--nb_classes 174 --num_frames 8 --weight_decay 5e-4 --clip_grad 20 --test_num_segment 2)
+
+# FXS=FxS (frames x sampling rate) of the Kinetics runs -> FXS_FLAGS; 16x4 and 32x2 with
+# activation checkpointing, as TPN's configs (with_cp)
+fxs_flags() {
+  case "$1" in
+    8x8) FXS_FLAGS=(--num_frames 8 --sampling_rate 8) ;;
+    16x4) FXS_FLAGS=(--num_frames 16 --sampling_rate 4 --use_checkpoint) ;;
+    32x2) FXS_FLAGS=(--num_frames 32 --sampling_rate 2 --use_checkpoint) ;;
+    *) echo "FXS must be 8x8, 16x4 or 32x2, got '$1'" >&2
+       exit 2 ;;
+  esac
+}

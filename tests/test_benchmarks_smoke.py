@@ -12,6 +12,16 @@ from conftest import ROOT
 
 NUM = r"[0-9]+(?:\.[0-9]+)?"
 CASES = {
+    "bench_pretrain_step.py": (["--iters", "1"], [
+        rf"baseline: +{NUM} ms/step .* {NUM} clips/s",
+        rf"optimised: +{NUM} ms/step .* {NUM} clips/s .*TFLOP/s",
+        rf"analytic FLOPs per clip: .* = {NUM} GFLOP",
+        rf"ratio optimised/baseline: {NUM}x clips/s"]),
+    "bench_eval.py": (["--models", "S", "tpn_r50", "--iters", "1"], [
+        rf"ViT-S +baseline: +{NUM} views/s", rf"ViT-S optimised: +{NUM} views/s",
+        rf"ViT-S ratio optimised/baseline: {NUM}x views/s",
+        rf"tpn_r50 +baseline: +{NUM} views/s .* \| {NUM} GFLOP/view",
+        rf"tpn_r50 ratio optimised/baseline: {NUM}x views/s"]),
     "bench_data.py": (["--limit", "3", "--pipelines", "pretrain", "test", "--prepare"], [
         r"re-encoded 3 videos",
         rf"pretrain: baseline +{NUM} clips/s \| optimised +{NUM} clips/s \| ratio {NUM}x \| "

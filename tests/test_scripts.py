@@ -14,6 +14,9 @@ from conftest import ROOT
 SCRIPTS = os.path.join(ROOT, "scripts")
 CONFIGS = [f"kd_{s}_{d}" for s in ("small", "base") for d in ("k400", "ucf")] + \
           [f"finetune_{s}_{d}" for s in ("small", "base") for d in ("k400", "ucf", "hmdb")]
+# TPN's zoo: Kinetics-400 at FXS=8x8 (default), 16x4, 32x2; Something-Something V1/V2
+TPN_CONFIGS = [f"{m}_k400" for m in ("tpn_r50", "tpn_r101", "slowonly_r50", "slowonly_r101")] + \
+              [f"{m}_{d}" for m in ("tsm_r50_tpn", "tsm_r50") for d in ("ssv1", "ssv2")]
 PATHS = dict(DATA_PATH="/data/set dir", OUTPUT_DIR="/out/run", TEACHER_PATH="/ckpt/teacher.pth",
              MODEL_PATH="/ckpt/student.pth")
 
@@ -124,7 +127,7 @@ def parsed(config):
 def test_every_config_has_a_script():
     found = sorted(os.path.basename(p)[:-len("_slurm.sh")]
                    for p in glob.glob(os.path.join(SCRIPTS, "*_slurm.sh")))
-    assert found == sorted(CONFIGS)
+    assert found == sorted(CONFIGS + TPN_CONFIGS)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -236,3 +239,42 @@ def test_bad_launcher_fails():
     out = subprocess.run(["bash", os.path.join(SCRIPTS, "kd_small_k400_slurm.sh")], env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "LAUNCHER must be slurm or torchrun" in out.stderr
+
+
+TPN_COMMON = dict(opt="sgd", momentum=0.9, lr=0.01, sched="multistep", decay_milestones=[75, 125],
+                  decay_rate=0.1, epochs=150, warmup_epochs=0, batch_size=8, layer_decay=1.0,
+                  drop_path=0.0, fc_drop_rate=None, smoothing=0.0, mixup=0.0, cutmix=0.0,
+                  aa="none", reprob=0.0, num_sample=1, input_size=224, short_side_size=256,
+                  fcn_test=True, test_num_crop=3, imagenet_init="/ckpt/resnet.pth",
+                  data_path="/data/set dir", output_dir="/out/run", finetune="")
+TPN_K400 = dict(data_set="Kinetics-400", nb_classes=400, weight_decay=1e-4, clip_grad=40.0,
+                test_num_segment=10, test_flip=True)
+TPN_SS = dict(nb_classes=174, num_frames=8, weight_decay=5e-4, clip_grad=20.0,
+              test_num_segment=2, test_flip=False)
+FXS = {"8x8": (8, 8, False), "16x4": (16, 4, True), "32x2": (32, 2, True)}
+
+
+@pytest.mark.parametrize("config,fxs", [(c, f) for c in TPN_CONFIGS for f in FXS
+                                        if c.endswith("k400") or f == "8x8"])
+def test_tpn_dry_runs_parse_with_the_tpn_recipe(config, fxs):
+    tokens = dry_run(f"{config}_slurm.sh", FXS=fxs, IMAGENET_INIT="/ckpt/resnet.pth")
+    launcher, script, flags = split_command(tokens)
+    assert script == "run_class_finetuning.py"
+    assert "--ntasks=32" in launcher and "--gres=gpu:8" in launcher  # 8 clips x 32 GPUs
+    model, data = config.rsplit("_", 1)
+    want = dict(TPN_COMMON, model=model)
+    if data == "k400":
+        frames, rate, cp = FXS[fxs]
+        want.update(TPN_K400, num_frames=frames, sampling_rate=rate, use_checkpoint=cp)
+        assert f"--job-name={config}_{fxs}" in launcher
+    else:
+        want.update(TPN_SS, data_set=data.upper())
+    args = parser_for(script).parse_args(flags)
+    assert {k: getattr(args, k) for k in want} == want
+
+
+def test_tpn_bad_fxs_fails():
+    env = dict(os.environ, DRY_RUN="1", FXS="9x9")
+    out = subprocess.run(["bash", os.path.join(SCRIPTS, "tpn_r50_k400_slurm.sh")], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "FXS must be 8x8, 16x4 or 32x2, got '9x9'" in out.stderr

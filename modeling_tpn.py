@@ -1,0 +1,597 @@
+"""The CNN family: Temporal Pyramid Network (Yang et al., "Temporal Pyramid Network for Action
+Recognition", CVPR 2020) on a slow-only 3-D ResNet or a TSM ResNet, and those backbones alone
+(the baselines of the paper's tables).
+
+- Backbones are torchvision's ``resnet50`` / ``resnet101``, converted, so every module and
+  state-dict key keeps torchvision's name (``conv1``, ``bn1``, ``layer3.4.conv1``,
+  ``layer1.0.downsample.0`` ...):
+
+  * :class:`SlowOnlyResNet`: every ``Conv2d`` / ``BatchNorm2d`` / ``MaxPool2d`` becomes its
+    3-D counterpart with a temporal kernel of 1 and no temporal stride (stem ``(1, 7, 7)``),
+    except the ``conv1`` of every block of res4 (``layer3``) and res5 (``layer4``), which gets
+    ``(3, 1, 1)`` (TPN Sec. 4.1, Feichtenhofer et al.'s slow-only pathway). 2-D ImageNet
+    weights are inflated (I3D, Carreira & Zisserman 2017): ``w.unsqueeze(2)`` repeated ``kt``
+    times and divided by ``kt``, so a static clip gives the 2-D network's features.
+  * :class:`TSMResNet` (Lin et al., "TSM", ICCV 2019): the 2-D network on every frame, the
+    ``conv1`` of every block shifting 1/8 of its input channels one frame back in time and
+    1/8 one frame forward first (:func:`temporal_shift`; "residual shift": the shortcut sees
+    the unshifted input).
+
+- :class:`TPN`, the neck (Sec. 3) over res4 (1024 channels) and res5 (2048): spatial semantic
+  modulation (res4: a ``(1, 3, 3)`` stride-2 conv to 2048 channels + BN + ReLU; res5 as is),
+  temporal rate modulation (per level a grouped (32) ``(3, 1, 1)`` conv to 1024 channels,
+  then a temporal max-pool by the level's rate), information flow top-down (upsample, add)
+  then bottom-up (``(3, 1, 1)`` conv, add) on the top-down result ("cascade flow"), a level
+  fusion of each flow (per level grouped 1x1 conv + BN + ReLU, concatenate, 1x1 conv to 2048)
+  and the pyramid fusion of the two (4096 -> 2048). The auxiliary head on res4 (Sec. 3.3:
+  ``(1, 3, 3)`` stride-2 conv to 2048 + BN + ReLU, pool, dropout 0.5, fc) is trained with
+  weight 0.5 and not run at test time.
+- :class:`ClsHead`: average pool, dropout, ``fc_cls`` (normal init, std 0.01). At test time
+  it is fully convolutional: ``fc_cls`` applied as a 1x1x1 convolution at every space-time
+  position, the logits averaged (TPN's "fully-convolutional testing" on 256 px crops).
+
+Module names follow the published checkpoints: torchvision's in ``backbone``, mmaction2's in
+``neck`` (``level_fusion_1`` is the top-down flow's fusion, ``level_fusion_2`` the
+bottom-up's), ``cls_head.fc_cls`` as in both. :func:`checkpoint_filter_fn` maps the
+decisionforce/TPN and mmaction2 layouts onto these keys.
+
+Shapes: clips ``[B, 3, T, H, W]``; for a ``T x 224`` clip res4 is ``[B, 1024, T, 14, 14]``,
+res5 ``[B, 2048, T, 7, 7]`` and the neck's output ``[B, 2048, T', 7, 7]`` with ``T' = 1`` for
+the TPN configurations (every level pooled by its rate).
+"""
+import re
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+import torchvision
+
+RES_STAGES = ("layer1", "layer2", "layer3", "layer4")
+FEATURE_STAGES = ("layer3", "layer4")  # res4, res5: what the neck and the heads read
+
+
+# ---------------------------------------------------------------------------------------------
+# backbones: torchvision's ResNet, converted
+# ---------------------------------------------------------------------------------------------
+
+def inflate_weight(weight, kt):
+    """A 2-D conv kernel ``[O, I, kh, kw]`` -> ``[O, I, kt, kh, kw]``, repeated over time and
+    divided by ``kt`` (I3D inflation: the response to a static clip is the 2-D response)."""
+    return weight.unsqueeze(2).repeat(1, 1, kt, 1, 1) / kt
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _to_3d(module, kt=1):
+    """The 3-D counterpart of a 2-D ``Conv2d`` / ``BatchNorm2d`` / ``MaxPool2d`` (same
+    settings, temporal kernel ``kt`` with padding ``kt // 2``, no temporal stride), freshly
+    initialised; None for any other module."""
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv3d(module.in_channels, module.out_channels, (kt, *module.kernel_size),
+                         (1, *module.stride), (kt // 2, *module.padding), (1, *module.dilation),
+                         module.groups, module.bias is not None)
+    if isinstance(module, nn.BatchNorm2d):
+        return nn.BatchNorm3d(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+    if isinstance(module, nn.MaxPool2d):
+        return nn.MaxPool3d((1, *_pair(module.kernel_size)), (1, *_pair(module.stride)),
+                            (0, *_pair(module.padding)), (1, *_pair(module.dilation)),
+                            ceil_mode=module.ceil_mode)
+    return None
+
+
+def _resnet2d(depth):
+    """torchvision's ImageNet ResNet, randomly initialised (never downloaded), without its
+    ImageNet pooling and fc."""
+    if depth not in (50, 101):
+        raise ValueError(f"ResNet depth must be 50 or 101, got {depth}")
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    del net.avgpool, net.fc
+    return net
+
+
+class _ResNetStages(nn.Module):
+    """The stem and the four stages of a (converted) torchvision ResNet, taken over under
+    their torchvision names. ``forward`` runs them and returns res4 and res5; with
+    ``use_checkpoint`` every residual block is recomputed in the backward (activation
+    checkpointing, TPN's ``with_cp`` for 16x4 and 32x2 clips)."""
+
+    def __init__(self, net, use_checkpoint=False):
+        super().__init__()
+        for name in ("conv1", "bn1", "relu", "maxpool", *RES_STAGES):
+            setattr(self, name, getattr(net, name))
+        self.use_checkpoint = use_checkpoint
+
+    def set_grad_checkpointing(self, enable=True):
+        self.use_checkpoint = enable
+
+    def forward_stages(self, x):
+        """Stem + res2..res5 on ``x``; returns ``[res4, res5]`` in the layout of ``x``."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        feats = []
+        for name in RES_STAGES:
+            for block in getattr(self, name):
+                if self.use_checkpoint and x.requires_grad:
+                    x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+            if name in FEATURE_STAGES:
+                feats.append(x)
+        return feats
+
+
+class SlowOnlyResNet(_ResNetStages):
+    """Slow-only 3-D ResNet (TPN's Kinetics backbone): torchvision's ResNet-``depth`` with its
+    2-D modules converted to 3-D, stem ``(1, 7, 7)``, no temporal stride or pooling anywhere,
+    ``(3, 1, 1)`` kernels in the ``conv1`` of every block of ``inflate_stages``.
+
+    Args:
+        depth (int): 50 or 101.
+        inflate_stages (tuple[str]): stages whose blocks' ``conv1`` is temporal
+            (default res4 and res5: ``('layer3', 'layer4')``).
+        use_checkpoint (bool): activation checkpointing per residual block.
+    Call: ``[B, 3, T, H, W] -> [res4 [B, 1024, T, H/16, W/16], res5 [B, 2048, T, H/32, W/32]]``.
+    Raises:
+        ValueError: a depth other than 50 or 101.
+    """
+
+    def __init__(self, depth=50, inflate_stages=FEATURE_STAGES, use_checkpoint=False):
+        net = _resnet2d(depth)
+        for name, module in list(net.named_modules()):
+            temporal = re.fullmatch(r"(layer\d)\.\d+\.conv1", name)
+            new = _to_3d(module, 3 if temporal and temporal[1] in inflate_stages else 1)
+            if new is not None:
+                parent, _, attr = name.rpartition(".")
+                setattr(net.get_submodule(parent), attr, new)
+        for m in net.modules():  # torchvision's initialisation, on the 3-D kernels
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        super().__init__(net, use_checkpoint)
+
+    def forward(self, x):
+        return self.forward_stages(x)
+
+
+def temporal_shift(x, num_segments, fold_div=8):
+    """TSM's temporal shift (Lin et al. 2019, Sec. 3): in every frame, the first
+    ``C // fold_div`` channels are taken from the next frame (zero in the last frame), the
+    next ``C // fold_div`` from the previous frame (zero in the first), the rest stay.
+
+    Args:
+        x: ``[N * T, C, H, W]``, the ``T = num_segments`` frames of each clip consecutive.
+    Returns:
+        a new tensor of ``x``'s shape.
+    """
+    nt, c, h, w = x.shape
+    x = x.view(nt // num_segments, num_segments, c, h, w)
+    fold = c // fold_div
+    ahead = F.pad(x[:, 1:, :fold], (0, 0, 0, 0, 0, 0, 0, 1))  # frame t+1, zeros after the last
+    behind = F.pad(x[:, :-1, fold:2 * fold], (0, 0, 0, 0, 0, 0, 1, 0))  # frame t-1
+    return torch.cat([ahead, behind, x[:, :, 2 * fold:]], dim=2).view(nt, c, h, w)
+
+
+class TemporalShiftConv2d(nn.Conv2d):
+    """A ``Conv2d`` that applies :func:`temporal_shift` to its input first (same parameters
+    and state-dict keys as the convolution it replaces)."""
+
+    def __init__(self, conv, num_segments, fold_div=8):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                         conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                         conv.padding_mode)
+        self.load_state_dict(conv.state_dict())
+        self.num_segments, self.fold_div = num_segments, fold_div
+
+    def forward(self, x):
+        return super().forward(temporal_shift(x, self.num_segments, self.fold_div))
+
+
+class TSMResNet(_ResNetStages):
+    """TSM ResNet (TPN's Something-Something backbone): torchvision's 2-D ResNet-``depth``
+    on every frame, the ``conv1`` of every residual block a :class:`TemporalShiftConv2d`.
+
+    Args:
+        depth (int): 50 or 101.
+        num_segments (int): frames per clip ``T`` (TSN segments), fixed by the shift.
+        use_checkpoint (bool): activation checkpointing per residual block.
+    Call: ``[B, 3, T, H, W] -> [res4 [B, 1024, T, H/16, W/16], res5 [B, 2048, T, H/32, W/32]]``.
+    Raises:
+        ValueError: a clip of another number of frames than ``num_segments``.
+    """
+
+    def __init__(self, depth=50, num_segments=8, use_checkpoint=False):
+        net = _resnet2d(depth)
+        for stage in RES_STAGES:
+            for block in getattr(net, stage):
+                block.conv1 = TemporalShiftConv2d(block.conv1, num_segments)
+        super().__init__(net, use_checkpoint)
+        self.num_segments = num_segments
+
+    def forward(self, x):
+        b, c, t, h, w = x.shape
+        if t != self.num_segments:
+            raise ValueError(f"TSM ResNet built for {self.num_segments} segments (--num_frames) "
+                             f"got a clip of {t} frames")
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # [B*T, 3, H, W]
+        return [f.view(b, t, *f.shape[1:]).transpose(1, 2)  # [B, C, T, h, w]
+                for f in self.forward_stages(frames)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the TPN neck (Sec. 3) and the heads
+# ---------------------------------------------------------------------------------------------
+
+class ConvBN(nn.Module):
+    """``Conv3d`` (no bias), then optionally ``BatchNorm3d`` (``bn``) and ReLU: the unit every
+    part of the neck is made of (mmaction2's ``ConvModule`` key names ``conv`` / ``bn``)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 norm=True, act=True):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding,
+                              groups=groups, bias=False)
+        self.bn = nn.BatchNorm3d(out_channels) if norm else None
+        self.act = nn.ReLU(inplace=True) if act else None
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return x if self.act is None else self.act(x)
+
+
+class DownSample(nn.Module):
+    """A :class:`ConvBN` with a max-pool of kernel = stride ``scale`` (ceil mode) before or
+    after it (``pool_first``)."""
+
+    def __init__(self, conv, scale=(1, 1, 1), pool_first=False):
+        super().__init__()
+        self.conv, self.pool_first = conv, pool_first
+        self.pool = nn.MaxPool3d(scale, scale, 0, ceil_mode=True)
+
+    def forward(self, x):
+        return self.conv(self.pool(x)) if self.pool_first else self.pool(self.conv(x))
+
+
+class LevelFusion(nn.Module):
+    """Fusion of the pyramid's levels (Sec. 3.2): each level through a grouped (32) 1x1x1
+    conv + BN + ReLU (after a temporal max-pool by ``scales[i]``, which brings it to the top
+    level's temporal size), concatenated over channels, then 1x1x1 conv + BN + ReLU.
+
+    Call: list of ``[B, in_channels[i], T_i, h, w]`` -> ``[B, out_channels, T_top, h, w]``.
+    """
+
+    def __init__(self, in_channels=(1024, 1024), mid_channels=(1024, 1024), out_channels=2048,
+                 scales=(1, 1)):
+        super().__init__()
+        self.downsamples = nn.ModuleList(
+            DownSample(ConvBN(cin, cmid, 1, groups=32), (s, 1, 1), pool_first=True)
+            for cin, cmid, s in zip(in_channels, mid_channels, scales))
+        self.fusion_conv = ConvBN(sum(mid_channels), out_channels, 1)
+
+    def forward(self, feats):
+        return self.fusion_conv(torch.cat([d(f) for d, f in zip(self.downsamples, feats)], 1))
+
+
+class SpatialModulation(nn.Module):
+    """Spatial semantic modulation (Sec. 3.1): each level but the top one through stride-2
+    ``(1, 3, 3)`` conv + BN + ReLU stages, each doubling the channels, until it has
+    ``out_channels`` (res4: one stage, 1024 -> 2048 channels, 14x14 -> 7x7); the top level as
+    it is. Call: list of ``[B, C_i, T, h_i, w_i]`` -> list of ``[B, out_channels, T, h, w]``."""
+
+    def __init__(self, in_channels=(1024, 2048), out_channels=2048):
+        super().__init__()
+        levels = []
+        for c in in_channels:
+            stages, width = [], c
+            while width < out_channels:
+                stages.append(ConvBN(width, 2 * width, (1, 3, 3), (1, 2, 2), (0, 1, 1)))
+                width *= 2
+            levels.append(nn.Sequential(*stages) if stages else nn.Identity())
+        self.spatial_modulation = nn.ModuleList(levels)
+
+    def forward(self, feats):
+        return [m(f) for m, f in zip(self.spatial_modulation, feats)]
+
+
+class TemporalModulation(nn.Module):
+    """Temporal rate modulation of one level (Sec. 3.1): grouped (32) ``(3, 1, 1)`` conv
+    (no BN, no activation), then a temporal max-pool of kernel = stride ``rate`` (ceil mode).
+    Call: ``[B, in_channels, T, h, w] -> [B, out_channels, ceil(T / rate), h, w]``."""
+
+    def __init__(self, in_channels=2048, out_channels=1024, rate=8):
+        super().__init__()
+        self.conv = ConvBN(in_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), groups=32,
+                           norm=False, act=False)
+        self.pool = nn.MaxPool3d((rate, 1, 1), (rate, 1, 1), 0, ceil_mode=True)
+
+    def forward(self, x):
+        return self.pool(self.conv(x))
+
+
+class AuxHead(nn.Module):
+    """Auxiliary head on res4 (Sec. 3.3, "deep supervision"): ``(1, 3, 3)`` stride-2 conv to
+    ``2 * in_channels`` + BN + ReLU, global average pool, dropout 0.5, fc.
+    Call: ``[B, in_channels, T, h, w] -> [B, num_classes]``."""
+
+    def __init__(self, in_channels=1024, num_classes=400):
+        super().__init__()
+        self.conv = ConvBN(in_channels, 2 * in_channels, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        self.dropout = nn.Dropout(0.5)
+        self.fc = nn.Linear(2 * in_channels, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.dropout(self.conv(x).mean(dim=(2, 3, 4))))
+
+
+class TPN(nn.Module):
+    """The temporal pyramid neck (Sec. 3) over res4 and res5, cascade flow.
+
+    Args:
+        num_classes (int): classes of the auxiliary head (None = no auxiliary head).
+        rates (tuple[int]): temporal max-pool of each level's temporal modulation
+            (decisionforce/TPN's ``scales``): ``(T, T)`` for the R50 and TSM configurations,
+            ``(T / 2, T)`` for R101 (res4 keeps 2 time steps, res5 one).
+        in_channels (tuple[int]): channels of res4, res5.
+        out_channels (int): channels of each level after temporal modulation.
+    The bottom-up flow's conv and the level fusion pool each level by
+    ``rates[-1] // rates[i]`` in time, to the top level's temporal size.
+
+    Call: ``[res4, res5] -> (features [B, 2048, T / rates[-1], h, w], aux logits [B, C] in
+    training with an auxiliary head, else None)``; ``h, w`` are res5's.
+    """
+
+    def __init__(self, num_classes=400, rates=(8, 8), in_channels=(1024, 2048),
+                 out_channels=1024):
+        super().__init__()
+        top = in_channels[-1]
+        scales = [rates[-1] // r for r in rates]
+        self.spatial_modulation = SpatialModulation(in_channels, top)
+        self.temporal_modulation_ops = nn.ModuleList(
+            TemporalModulation(top, out_channels, r) for r in rates)
+        self.downsample_ops = nn.ModuleList(  # bottom-up: level i -> level i + 1
+            DownSample(ConvBN(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0),
+                              norm=False, act=False), (s // scales[i + 1], 1, 1))
+            for i, s in enumerate(scales[:-1]))
+        fused = 2048
+        self.level_fusion_1 = LevelFusion((out_channels,) * len(rates),
+                                          (out_channels,) * len(rates), fused, scales)
+        self.level_fusion_2 = LevelFusion((out_channels,) * len(rates),
+                                          (out_channels,) * len(rates), fused, scales)
+        self.pyramid_fusion = ConvBN(2 * fused, 2048, 1)
+        self.aux_head = AuxHead(in_channels[-2], num_classes) if num_classes else None
+
+    def forward(self, feats):
+        aux = self.aux_head(feats[-2]) if self.aux_head is not None and self.training else None
+        x = self.spatial_modulation(feats)  # every level [B, 2048, T, h, w]
+        x = [m(f) for m, f in zip(self.temporal_modulation_ops, x)]  # [B, 1024, T_i, h, w]
+        for i in range(len(x) - 1, 0, -1):  # top-down: upsample the higher level in time, add
+            x[i - 1] = x[i - 1] + F.interpolate(x[i], size=x[i - 1].shape[2:], mode="nearest")
+        top_down = self.level_fusion_1(x)
+        for i in range(len(x) - 1):  # bottom-up, on the top-down result (cascade flow)
+            x[i + 1] = x[i + 1] + self.downsample_ops[i](x[i])
+        bottom_up = self.level_fusion_2(x)
+        return self.pyramid_fusion(torch.cat([top_down, bottom_up], dim=1)), aux
+
+
+class ClsHead(nn.Module):
+    """Classification head: average pool, dropout, ``fc_cls``.
+
+    Training (or ``fully_conv=False``): logits of the space-time mean of the features.
+    Test (``fully_conv=True``, the default in eval mode): fully convolutional, ``fc_cls``
+    applied as a 1x1x1 convolution at every position of the feature map and the logits
+    averaged over space and time (TPN's testing protocol; by linearity the same logits as
+    pooling first, at any feature-map size).
+
+    Call: ``[B, in_channels, T, h, w] -> [B, num_classes]``.
+    """
+
+    def __init__(self, in_channels=2048, num_classes=400, dropout=0.5):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc_cls = nn.Linear(in_channels, num_classes)
+
+    def class_map(self, x):
+        """Logits at every position: ``[B, C_in, T, h, w] -> [B, num_classes, T, h, w]``."""
+        return F.conv3d(x, self.fc_cls.weight[:, :, None, None, None], self.fc_cls.bias)
+
+    def forward(self, x, fully_conv=None):
+        if fully_conv if fully_conv is not None else not self.training:
+            return self.class_map(x).mean(dim=(2, 3, 4))
+        return self.fc_cls(self.dropout(x.mean(dim=(2, 3, 4))))
+
+
+class AuxOutput(NamedTuple):
+    """Training output of a classifier with an auxiliary head: ``logits``, ``aux_logits``
+    (both ``[B, num_classes]``) and the auxiliary loss weight ``aux_weight``."""
+    logits: torch.Tensor
+    aux_logits: torch.Tensor
+    aux_weight: float
+
+
+class VideoResNetClassifier(nn.Module):
+    """Backbone -> optional :class:`TPN` neck -> :class:`ClsHead`.
+
+    Args:
+        backbone: :class:`SlowOnlyResNet` or :class:`TSMResNet`.
+        neck: :class:`TPN` or None (the baseline: the head reads res5).
+        num_classes (int): classes (``--nb_classes``).
+        dropout (float): before ``fc_cls`` (``--fc_drop_rate``; TPN: 0.5).
+        aux_weight (float): weight of the auxiliary head's loss in training (TPN: 0.5).
+    Call: ``[B, 3, T, H, W]`` -> logits ``[B, num_classes]``; in training with an auxiliary
+    head an :class:`AuxOutput` (``engine_for_finetuning.classification_loss`` adds
+    ``aux_weight x`` its loss).
+    """
+
+    def __init__(self, backbone, neck=None, num_classes=400, dropout=0.5, aux_weight=0.5):
+        super().__init__()
+        self.num_classes, self.aux_weight = num_classes, aux_weight
+        self.backbone = backbone
+        self.neck = neck
+        self.cls_head = ClsHead(2048, num_classes, dropout)
+        self._init_weights()
+
+    def _init_weights(self):
+        """The references' initialisation of the parts after the backbone: xavier-uniform
+        convs, BN weight 1 / bias 0, fcs normal with std 0.01 and zero bias."""
+        for m in [*(self.neck.modules() if self.neck is not None else ()),
+                  *self.cls_head.modules()]:
+            if isinstance(m, nn.Conv3d):
+                nn.init.xavier_uniform_(m.weight)
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def set_grad_checkpointing(self, enable=True):
+        self.backbone.set_grad_checkpointing(enable)
+
+    def forward_features(self, x):
+        """``[B, 3, T, H, W]`` -> ``(features [B, 2048, T', h, w], aux logits or None)``."""
+        feats = self.backbone(x)
+        return self.neck(feats) if self.neck is not None else (feats[-1], None)
+
+    def forward(self, x):
+        feats, aux = self.forward_features(x)
+        logits = self.cls_head(feats)
+        return logits if aux is None else AuxOutput(logits, aux, self.aux_weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model zoo's configurations (decisionforce/TPN config_files) and their names
+# ---------------------------------------------------------------------------------------------
+
+# name: (backbone, depth, with the TPN neck)
+CNN_CONFIGS = {
+    "tpn_r50": ("slowonly", 50, True),
+    "tpn_r101": ("slowonly", 101, True),
+    "tsm_r50_tpn": ("tsm", 50, True),
+    "slowonly_r50": ("slowonly", 50, False),
+    "slowonly_r101": ("slowonly", 101, False),
+    "tsm_r50": ("tsm", 50, False),
+}
+
+
+def tpn_rates(depth, num_frames):
+    """The temporal rates of the TPN configurations for ``num_frames``-frame clips:
+    ``(T, T)`` for ResNet-50 (slow-only and TSM), ``(T // 2, T)`` for ResNet-101 (its
+    configurations keep two time steps in res4: ``scales=(4, 8)`` at 8x8)."""
+    return (max(num_frames // 2, 1), num_frames) if depth == 101 else (num_frames, num_frames)
+
+
+def create_cnn(name, num_classes=400, num_frames=8, dropout=0.5, use_checkpoint=False):
+    """The CNN classifier ``name`` (one of :data:`CNN_CONFIGS`), randomly initialised.
+
+    Args:
+        num_frames (int): frames per clip: the TSM segments and the neck's temporal rates.
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name not in CNN_CONFIGS:
+        raise ValueError(f"--model {name!r} is not a known CNN; choose from {sorted(CNN_CONFIGS)}")
+    kind, depth, with_tpn = CNN_CONFIGS[name]
+    backbone = (SlowOnlyResNet(depth, use_checkpoint=use_checkpoint) if kind == "slowonly"
+                else TSMResNet(depth, num_frames, use_checkpoint=use_checkpoint))
+    neck = TPN(num_classes, tpn_rates(depth, num_frames)) if with_tpn else None
+    return VideoResNetClassifier(backbone, neck, num_classes, dropout)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint layouts -> our keys
+# ---------------------------------------------------------------------------------------------
+
+# mmaction2 wraps every conv of the backbone in a ConvModule (``conv1.conv`` / ``conv1.bn``,
+# ``downsample.conv`` / ``downsample.bn``) and TSM's shifted convs in a TemporalShift
+# (``conv1.conv.net``); its neck and head keys are ours.
+_MMACTION2_RULES = [
+    (r"^backbone\.conv1\.conv\.", "backbone.conv1."),
+    (r"^backbone\.conv1\.bn\.", "backbone.bn1."),
+    (r"^(backbone\.layer\d\.\d+)\.conv(\d)\.conv\.(?:net\.)?", r"\1.conv\2."),
+    (r"^(backbone\.layer\d\.\d+)\.conv(\d)\.bn\.", r"\1.bn\2."),
+    (r"^(backbone\.layer\d\.\d+)\.downsample\.conv\.", r"\1.downsample.0."),
+    (r"^(backbone\.layer\d\.\d+)\.downsample\.bn\.", r"\1.downsample.1."),
+]
+# decisionforce/TPN: torchvision names in the backbone (ours), the neck under ``necks`` with
+# bare convs and Sequential fusions; ``level_fusion_op2`` fuses the top-down flow,
+# ``level_fusion_op`` the bottom-up one.
+_ORIGINAL_RULES = [
+    (r"^necks\.", "neck."),
+    (r"^neck\.temporal_modulation_ops\.(\d+)\.conv\.",
+     r"neck.temporal_modulation_ops.\1.conv.conv."),
+    (r"^neck\.downsampling_ops\.(\d+)\.conv\.", r"neck.downsample_ops.\1.conv.conv."),
+    (r"^neck\.level_fusion_op2\.", "neck.level_fusion_1."),
+    (r"^neck\.level_fusion_op\.", "neck.level_fusion_2."),
+    (r"^(neck\.level_fusion_\d)\.ops\.(\d+)\.conv\.", r"\1.downsamples.\2.conv.conv."),
+    (r"^(neck\.level_fusion_\d)\.ops\.(\d+)\.norm\.", r"\1.downsamples.\2.conv.bn."),
+    (r"^(neck\.level_fusion_\d)\.fusion_conv\.0\.", r"\1.fusion_conv.conv."),
+    (r"^(neck\.level_fusion_\d)\.fusion_conv\.1\.", r"\1.fusion_conv.bn."),
+    (r"^neck\.pyramid_fusion_op\.0\.", "neck.pyramid_fusion.conv."),
+    (r"^neck\.pyramid_fusion_op\.1\.", "neck.pyramid_fusion.bn."),
+    (r"^neck\.aux_head\.convs\.", "neck.aux_head.conv."),
+]
+# not weights: mmengine's data pre-processor (input mean/std, which our transforms apply)
+_IGNORED = re.compile(r"^data_preprocessor\.")
+
+
+def checkpoint_layout(state):
+    """Which CNN layout a state dict has: ``'mmaction2'`` (``backbone.conv1.conv.weight``),
+    ``'original'`` (decisionforce/TPN: ``backbone.conv1.weight`` and ``necks.*``) or
+    ``'ours'`` (``backbone.conv1.weight``, ``neck.*`` if any; a baseline's checkpoint of the
+    original repository has this layout too).
+
+    Raises:
+        ValueError: none of these; the message lists the first keys.
+    """
+    keys = list(state)
+    if "backbone.conv1.conv.weight" in state:
+        return "mmaction2"
+    if "backbone.conv1.weight" in state:
+        return "original" if any(k.startswith("necks.") for k in keys) else "ours"
+    hint = ("; an ImageNet ResNet initialises the backbone with --imagenet_init"
+            if "conv1.weight" in state else "")
+    raise ValueError(f"unrecognised CNN checkpoint layout ({len(keys)} tensors; first keys "
+                     f"{keys[:8]}): expected ours or decisionforce/TPN's (backbone.conv1.weight,"
+                     f" necks.* / neck.*, cls_head.fc_cls.*) or mmaction2's "
+                     f"(backbone.conv1.conv.weight, neck.*, cls_head.fc_cls.*){hint}")
+
+
+def checkpoint_filter_fn(state):
+    """A CNN state dict of any supported layout (:func:`checkpoint_layout`) -> our keys.
+
+    Args:
+        state: a plain state dict (``checkpoint.unwrap_state_dict`` of a checkpoint).
+    Returns:
+        ``(layout, state dict in our keys)``.
+    Raises:
+        ValueError: an unknown layout.
+    """
+    layout = checkpoint_layout(state)
+    rules = {"mmaction2": _MMACTION2_RULES, "original": _ORIGINAL_RULES}.get(layout, [])
+    out = {}
+    for key, value in state.items():
+        if _IGNORED.match(key):
+            continue
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return layout, out
+
+
+def imagenet_to_backbone(state, backbone):
+    """A torchvision ImageNet ResNet state dict -> ``backbone``'s state dict: the ``fc.*``
+    classifier dropped, 2-D kernels inflated (:func:`inflate_weight`) where ``backbone`` has
+    3-D ones. Keys ``backbone`` does not have are kept, for the caller to report."""
+    own = backbone.state_dict()
+    out = {}
+    for key, value in state.items():
+        if key.startswith("fc."):
+            continue
+        if key in own and own[key].ndim == 5 and value.ndim == 4:
+            value = inflate_weight(value, own[key].shape[2])
+        out[key] = value
+    return out

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# TPN on a slow-only ResNet-50 on Kinetics-400 from ImageNet weights, FxS = FXS (8x8, 16x4 or 32x2), fully convolutional 10x3 test with flip.
+# Usage: [FXS=16x4] [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] bash scripts/tpn_r50_k400_slurm.sh [extra flags]
+# Paths from the environment: DATA_PATH, OUTPUT_DIR, IMAGENET_INIT (torchvision's resnet50 weights); launcher settings: see scripts/launch.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+: "${FXS:=8x8}"
+fxs_flags "$FXS"
+: "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/tpn_r50_k400_$FXS}" \
+  "${IMAGENET_INIT:=pretrained/resnet50-0676ba61.pth}"
+GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-tpn_r50_k400_$FXS}" exec "$LAUNCH" run_class_finetuning.py \
+  "${TPN_RECIPE[@]}" "${TPN_K400[@]}" "${FXS_FLAGS[@]}" --model tpn_r50 \
+  --imagenet_init "$IMAGENET_INIT" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" \
+  --log_dir "$OUTPUT_DIR" "$@"

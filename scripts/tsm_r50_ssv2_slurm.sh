@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# TSM ResNet-50 (TPN's baseline) on Something-Something V2 from ImageNet weights, 8 segments, fully convolutional 2x3 test.
+# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] bash scripts/tsm_r50_ssv2_slurm.sh [extra flags]
+# Paths from the environment: DATA_PATH, OUTPUT_DIR, IMAGENET_INIT (torchvision's resnet50 weights); launcher settings: see scripts/launch.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+: "${DATA_PATH:=data/ssv2}" "${OUTPUT_DIR:=output/tsm_r50_ssv2}" \
+  "${IMAGENET_INIT:=pretrained/resnet50-0676ba61.pth}"
+GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-tsm_r50_ssv2}" exec "$LAUNCH" run_class_finetuning.py \
+  "${TPN_RECIPE[@]}" "${TPN_SS[@]}" --data_set SSV2 --model tsm_r50 \
+  --imagenet_init "$IMAGENET_INIT" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" \
+  --log_dir "$OUTPUT_DIR" "$@"

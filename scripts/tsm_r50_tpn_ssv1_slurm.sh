@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# TPN on TSM ResNet-50 on Something-Something V1 from ImageNet weights, 8 segments, fully convolutional 2x3 test.
+# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] bash scripts/tsm_r50_tpn_ssv1_slurm.sh [extra flags]
+# Paths from the environment: DATA_PATH, OUTPUT_DIR, IMAGENET_INIT (torchvision's resnet50 weights); launcher settings: see scripts/launch.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+: "${DATA_PATH:=data/ssv1}" "${OUTPUT_DIR:=output/tsm_r50_tpn_ssv1}" \
+  "${IMAGENET_INIT:=pretrained/resnet50-0676ba61.pth}"
+GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-tsm_r50_tpn_ssv1}" exec "$LAUNCH" run_class_finetuning.py \
+  "${TPN_RECIPE[@]}" "${TPN_SS[@]}" --data_set SSV1 --model tsm_r50_tpn \
+  --imagenet_init "$IMAGENET_INIT" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" \
+  --log_dir "$OUTPUT_DIR" "$@"
