@@ -1,6 +1,6 @@
 """Each benchmark's small CPU mode runs as a script and prints its figures (no timing asserts:
 the numbers depend on the machine and on whatever else runs on it). ``bench_pretrain_step.py``
-and ``bench_eval.py`` run in ``benchmarks/gpu_check.sh --dry-run`` (``test_gpu_check.py``)."""
+and ``bench_eval.py``'s ViTs run in ``benchmarks/gpu_check.sh --dry-run`` (``test_gpu_check.py``)."""
 import os
 import re
 import subprocess
@@ -12,14 +12,7 @@ from conftest import ROOT
 
 NUM = r"[0-9]+(?:\.[0-9]+)?"
 CASES = {
-    "bench_pretrain_step.py": (["--iters", "1"], [
-        rf"baseline: +{NUM} ms/step .* {NUM} clips/s",
-        rf"optimised: +{NUM} ms/step .* {NUM} clips/s .*TFLOP/s",
-        rf"analytic FLOPs per clip: .* = {NUM} GFLOP",
-        rf"ratio optimised/baseline: {NUM}x clips/s"]),
-    "bench_eval.py": (["--models", "S", "tpn_r50", "--iters", "1"], [
-        rf"ViT-S +baseline: +{NUM} views/s", rf"ViT-S optimised: +{NUM} views/s",
-        rf"ViT-S ratio optimised/baseline: {NUM}x views/s",
+    "bench_eval.py": (["--models", "tpn_r50", "--iters", "1"], [  # the ViTs: gpu_check.sh
         rf"tpn_r50 +baseline: +{NUM} views/s .* \| {NUM} GFLOP/view",
         rf"tpn_r50 ratio optimised/baseline: {NUM}x views/s"]),
     "bench_data.py": (["--limit", "3", "--pipelines", "pretrain", "test", "--prepare"], [
@@ -27,10 +20,10 @@ CASES = {
         rf"pretrain: baseline +{NUM} clips/s \| optimised +{NUM} clips/s \| ratio {NUM}x \| "
         rf"prepared +{NUM} clips/s \| ratio {NUM}x",
         rf"test: baseline +{NUM} views/s \| optimised +{NUM} views/s \| ratio {NUM}x"]),
-    "bench_scaling.py": (["--mask_ratios", "0.9", "0.95", "--batch_sizes", "1",
+    "bench_scaling.py": (["--mask_ratios", "0.95", "--batch_sizes", "1",
                           "--checkpointing", "off", "on", "--warmup", "0"], [
         rf"T +S +0.95 +4 +1 +on +{NUM} +{NUM} +{NUM} \w*B",
-        r"4 settings measured"]),
+        r"2 settings measured"]),
     "bench_topk.py": ([], [rf"global +scatter +{NUM}", rf"local +dense +{NUM}",
                            r"fastest local with 6 heads"]),
 }
