@@ -661,7 +661,8 @@ def load_teacher(teacher, path):
 
 def load_image_teacher(teacher, path):
     """Load an ImageMAE ViT (MAE's ``mae_pretrain_vit_*.pth``, or any timm-layout ViT
-    checkpoint) into an :class:`modeling_teacher.ImageTeacher` (``--image_teacher_model_ckpt_path``).
+    checkpoint) into an :class:`modeling_teacher.ImageTeacher`
+    (``--image_teacher_model_ckpt_path``).
 
     As MVD loads its teachers: the ``model`` / ``module`` wrapper unwrapped, ``backbone.``
     stripped, ``head.*`` dropped and every ``pos_embed`` skipped (the teacher keeps MAE's fixed

@@ -197,7 +197,8 @@ class ImageTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x, bool_masked_pos):
-        """MVD's image targets: :meth:`features` at the hidden positions, ``[B, N_hidden, D_img]``."""
+        """MVD's image targets: :meth:`features` at the hidden positions,
+        ``[B, N_hidden, D_img]``."""
         return hidden_tokens(self.features(x), bool_masked_pos)
 
 

@@ -137,7 +137,8 @@ def resolve_args(args, student, teacher):
     args.token_grid = list(pe.grid_size)
     args.num_visible = pe.num_patches - gen.num_mask
     if student.decoders and gen.num_mask == 0:
-        raise ValueError("decoders predict the hidden tokens and there are none: raise --mask_ratio")
+        raise ValueError("decoders predict the hidden tokens and there are none: raise "
+                         "--mask_ratio")
     if not args.use_teacher and args.decoder_depth == 0:
         raise ValueError("without a teacher the pixel decoder is the only objective: "
                          "--decoder_depth must be > 0")

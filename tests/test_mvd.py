@@ -5,6 +5,7 @@ strictly (outputs against a plain re-implementation of MVD's forward, optimizer 
 following its parameters), frozen teachers, and run_mvd_pretraining.py end to end on real
 clips, alone and with MMKD's and the pixel terms."""
 import argparse
+import re
 import json
 import math
 import os
@@ -128,7 +129,8 @@ def test_first_frame_selection_and_token_order_on_a_hand_made_clip():
                 x[0, 0, f, 16 * h:16 * (h + 1), 16 * w:16 * (w + 1)] = 100 * f + 10 * h + w
     table = sincos_2d_table((2, 2), vit.embed_dim)[0, :, 0]  # added by the teacher
     got = teacher.features(x)[0, :, 0] - table.repeat(2)
-    want = torch.tensor([100.0 * f + 10 * h + w for f in (0, 2) for h in range(2) for w in range(2)])
+    want = torch.tensor([100.0 * f + 10 * h + w
+                         for f in (0, 2) for h in range(2) for w in range(2)])
     torch.testing.assert_close(got, want)
     mask = torch.tensor([[False, True, True, False, True, False, False, True]])
     torch.testing.assert_close(teacher(x, mask), hidden_loop(teacher.features(x), mask))
@@ -216,14 +218,14 @@ def test_objective_combines_mvd_mmkd_and_pixel_terms():
 # MVD's pre-training checkpoints
 # ---------------------------------------------------------------------------------------------
 
-def _block_state(prefix, dim, rnd):
-    return {prefix + "norm1.weight": 1 + rnd(dim, std=0.1), prefix + "norm1.bias": rnd(dim),
-            prefix + "attn.qkv.weight": rnd(3 * dim, dim, std=0.1), prefix + "attn.q_bias": rnd(dim),
-            prefix + "attn.v_bias": rnd(dim), prefix + "attn.proj.weight": rnd(dim, dim, std=0.1),
-            prefix + "attn.proj.bias": rnd(dim), prefix + "norm2.weight": 1 + rnd(dim, std=0.1),
-            prefix + "norm2.bias": rnd(dim), prefix + "mlp.fc1.weight": rnd(4 * dim, dim, std=0.05),
-            prefix + "mlp.fc1.bias": rnd(4 * dim), prefix + "mlp.fc2.weight": rnd(dim, 4 * dim, std=0.05),
-            prefix + "mlp.fc2.bias": rnd(dim)}
+def _block_state(p, dim, rnd):
+    return {p + "norm1.weight": 1 + rnd(dim, std=0.1), p + "norm1.bias": rnd(dim),
+            p + "attn.qkv.weight": rnd(3 * dim, dim, std=0.1), p + "attn.q_bias": rnd(dim),
+            p + "attn.v_bias": rnd(dim), p + "attn.proj.weight": rnd(dim, dim, std=0.1),
+            p + "attn.proj.bias": rnd(dim), p + "norm2.weight": 1 + rnd(dim, std=0.1),
+            p + "norm2.bias": rnd(dim), p + "mlp.fc1.weight": rnd(4 * dim, dim, std=0.05),
+            p + "mlp.fc1.bias": rnd(4 * dim), p + "mlp.fc2.weight": rnd(dim, 4 * dim, std=0.05),
+            p + "mlp.fc2.bias": rnd(dim)}
 
 
 def mvd_pretraining_state(seed=0):
@@ -238,7 +240,8 @@ def mvd_pretraining_state(seed=0):
     for kind in ("img", "vid"):
         sd[f"mask_token_{kind}"] = rnd(1, 1, DEC)
         sd[f"pos_embed_{kind}"] = sincos_3d_table((2, 2, 2), DEC)
-    sd.update({"patch_embed.proj.weight": rnd(DIM, 3, 2, 16, 16), "patch_embed.proj.bias": rnd(DIM)})
+    sd.update({"patch_embed.proj.weight": rnd(DIM, 3, 2, 16, 16),
+               "patch_embed.proj.bias": rnd(DIM)})
     for i in range(DEPTH):
         sd.update(_block_state(f"blocks.{i}.", DIM, rnd))
     sd.update({"norm.weight": 1 + rnd(DIM, std=0.1), "norm.bias": rnd(DIM)})
@@ -339,7 +342,8 @@ def test_mvd_checkpoint_loads_strictly_and_gives_mvds_outputs(mvd_file, capsys):
     path, sd, _ = mvd_file
     student = _mvd_student()  # built with the 1-D table: the file's stored 3-D table wins
     load_pretrained(student, path, path, strict=True)
-    assert student.pos_embed_type == "sincos_3d" and "MVD 3-D sin-cos table" in capsys.readouterr().out
+    assert student.pos_embed_type == "sincos_3d"
+    assert "MVD 3-D sin-cos table" in capsys.readouterr().out
     x, mask = torch.randn(2, 3, 4, 32, 32), tube_mask()
     with torch.no_grad():
         out = student.eval()(x, mask)
@@ -483,7 +487,8 @@ def test_resume_from_an_mvd_file(mvd_file, anno, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change, message", [
-    (["--distillation_target_dim", "768"], "--distillation_target_dim 768 differs from the width 384"),
+    (["--distillation_target_dim", "768"],
+     "--distillation_target_dim 768 differs from the width 384"),
     (["--video_distillation_target_dim", "96"], "--video_distillation_target_dim 96 differs"),
     (["--teacher_input_size", "48"], "--teacher_input_size 48"),
     (["--video_teacher_model_ckpt_path", "no_such_teacher.pth"], "no_such_teacher.pth"),
@@ -497,3 +502,47 @@ def test_bad_input_is_one_line_before_training(anno, tmp_path, change, message):
              *TINY, *change])
     assert message in str(e.value) and "\n" not in str(e.value)
     assert not os.path.exists(os.path.join(out, "log.json"))
+
+
+def test_image_teacher_made_from_a_video_encoder(tmp_path, capsys):
+    """tools/image_teacher_from_video.py: the demo's stand-in image teacher. On a still frame
+    its patch embedding equals the tubelet embedding's, and its blocks (fused qkv bias) equal
+    the video encoder's."""
+    from tools import image_teacher_from_video
+    torch.manual_seed(0)
+    video = create_teacher("pretrain_videomae_tiny_patch16_224", **GEOM)
+    with torch.no_grad():
+        for blk in video.encoder.blocks:
+            blk.attn.q_bias.normal_()
+            blk.attn.v_bias.normal_()
+    src, dst = str(tmp_path / "videomae.pth"), str(tmp_path / "image.pth")
+    torch.save({"model": {f"encoder.{k}": v for k, v in video.encoder.state_dict().items()}}, src)
+    image_teacher_from_video.main([src, dst])
+    assert "image teacher of width 192, 2 blocks" in capsys.readouterr().out
+    image = create_image_teacher("mae_teacher_vit_tiny_patch16", img_size=32)
+    load_image_teacher(image, dst)
+    frame = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tubelet = torch.stack([frame, frame], dim=2)  # [B, 3, 2, H, W]: one still tubelet
+        tokens = video.encoder.patch_embed.proj(tubelet).flatten(2).transpose(1, 2)  # [B, 4, D]
+        torch.testing.assert_close(image.vit.patch_embed(frame), tokens, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(image.vit.blocks[0](tokens), video.encoder.blocks[0](tokens),
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(SystemExit, match="no video encoder"):
+        torch.save({"model": {"head.weight": torch.zeros(2, 2)}}, src)
+        image_teacher_from_video.main([src, dst])
+
+
+def test_bf16_check_of_the_mvd_step(monkeypatch, capsys):
+    """benchmarks/check_bf16_mvd.py (the GPU check's MVD part) at tiny size: it prints both
+    terms in both precisions, and its verdict follows its tolerance (bf16 really ran: the
+    terms differ)."""
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "benchmarks"))
+    import check_bf16_mvd
+    with pytest.raises(SystemExit, match=r"MVD bf16 vs float32: FAILED \(terms beyond 1e-07 %: "
+                                         r"loss, img_feat, vid_feat\)"):
+        check_bf16_mvd.main(["--small", "--device", "cpu", "--rtol", "1e-9"])
+    out = capsys.readouterr().out
+    assert re.search(r"img_feat +\d\.\d+e[-+]\d+ +\d\.\d+e[-+]\d+ +\d+\.\d+%", out), out
+    assert re.search(r"student gradients: cosine similarity 0\.99\d+", out), out
