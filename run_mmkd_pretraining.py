@@ -184,6 +184,17 @@ def feature_losses(args):
             "vid_feat": FeatureLoss(getattr(args, "video_distill_loss_func", "SmoothL1"), norm)}
 
 
+def mmkd_student_kwargs(args, student_dim, teacher_dim, views):
+    """The student's MMKD settings (:func:`create_student` keywords) from the flags, for a
+    student and a teacher of widths ``student_dim``, ``teacher_dim`` and MM-hidden ``views``."""
+    # the reference mode has the teacher-side Linear where the public code has projectors
+    # (run_kd.py, student narrower than the teacher); run_mae_kd.py has none
+    narrower = student_dim != teacher_dim
+    return dict(teacher_dim=teacher_dim, views=views, num_k=args.num_k, kd_T=args.kd_T,
+                teacher_proj=args.teacher_proj or (args.reference_losses and narrower),
+                pairing="reference" if args.reference_losses else "slice")
+
+
 def build_models(args):
     """Student (trainable, with projector and decoder as asked) and frozen teacher (or None)."""
     geometry = dict(img_size=args.input_size, num_frames=args.num_frames,
@@ -195,13 +206,8 @@ def build_models(args):
             load_teacher(teacher, args.path_t)
     kd = {}
     if teacher:
-        # the reference mode has the teacher-side Linear where the public code has projectors
-        # (run_kd.py, student narrower than the teacher); run_mae_kd.py has none
-        narrower = ARCHS[PRETRAIN_MODELS[args.model]]["embed_dim"] != teacher.embed_dim
-        kd = dict(teacher_dim=teacher.embed_dim, views=DISTILL_VIEWS[args.distill],
-                  num_k=args.num_k, kd_T=args.kd_T,
-                  teacher_proj=args.teacher_proj or (args.reference_losses and narrower),
-                  pairing="reference" if args.reference_losses else "slice")
+        kd = mmkd_student_kwargs(args, ARCHS[PRETRAIN_MODELS[args.model]]["embed_dim"],
+                                 teacher.embed_dim, DISTILL_VIEWS[args.distill])
     student = create_student(args.model, decoder_depth=args.decoder_depth,
                              drop_path_rate=args.drop_path, use_checkpoint=args.use_checkpoint,
                              **kd, **geometry)

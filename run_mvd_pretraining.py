@@ -22,11 +22,12 @@ import argparse
 
 from checkpoint import load_image_teacher, load_teacher
 from losses import FEATURE_LOSSES
-from model_factory import (IMAGE_TEACHER_MODELS, MVD_STUDENT_MODELS, TEACHER_MODELS,
+from model_factory import (ARCHS, IMAGE_TEACHER_MODELS, MVD_STUDENT_MODELS, TEACHER_MODELS,
                            create_image_teacher, create_student, create_teacher)
 from modeling_teacher import Teachers
 from run_mmkd_pretraining import (add_mmkd_args, add_optim_and_data_args, add_pixel_args,
-                                  add_run_length_args, add_student_args, loss_weights, main)
+                                  add_run_length_args, add_student_args, loss_weights, main,
+                                  mmkd_student_kwargs)
 
 
 def get_args_parser():
@@ -119,9 +120,8 @@ def build_models(args):
         ("vid_feat", weights.vid_feat, args.video_distillation_target_dim)) if w > 0}
     kd = {}
     if weights.uses_mmkd():
-        kd = dict(teacher_dim=video.embed_dim, views=weights.views(), num_k=args.num_k,
-                  kd_T=args.kd_T, teacher_proj=args.teacher_proj,
-                  pairing="reference" if args.reference_losses else "slice")
+        kd = mmkd_student_kwargs(args, ARCHS[MVD_STUDENT_MODELS[args.model]]["embed_dim"],
+                                 video.embed_dim, weights.views())
     student = create_student(args.model, decoder_depth=args.decoder_depth,
                              feature_dims=feature_dims, feat_decoder_depth=args.feat_decoder_depth,
                              feat_decoder_embed_dim=args.feat_decoder_embed_dim,
