@@ -47,11 +47,12 @@ class TeacherOutput:
     vid_feat: Optional[torch.Tensor] = None
 
 
-def hidden_tokens(x, bool_masked_pos):
-    """``x [B, N, D]`` at the hidden positions of ``bool_masked_pos [B, N]`` (the same count
-    in every clip), in token order: ``[B, N_hidden, D]``."""
+def select_tokens(x, positions):
+    """The rows of ``x [B, N, D]`` where ``positions [B, N]`` (bool, the same count in every
+    clip: the hidden tokens of a mask, or ``~mask`` the visible ones), in token order:
+    ``[B, n, D]``."""
     b, _, d = x.shape
-    return x[bool_masked_pos].reshape(b, -1, d)
+    return x[positions].reshape(b, -1, d)
 
 
 def attention_views(maps, views, num_k, kd_T, num_slices, pairing="slice"):
@@ -121,10 +122,10 @@ class Teacher(nn.Module):
                                    maps_from=(-1,) if views else ())
         feats = out.tokens
         maps = out.maps.get(len(enc.blocks) - 1)
-        vid = hidden_tokens(feats, bool_masked_pos) if hidden else None
+        vid = select_tokens(feats, bool_masked_pos) if hidden else None
         if self.sees_all_tokens:  # keep the rows (and keys) of the student's visible tokens
             vis = ~bool_masked_pos
-            feats = hidden_tokens(feats, vis)
+            feats = select_tokens(feats, vis)
             if maps is not None:  # logits among the visible tokens only, never N x N
                 maps = maps.select(vis.nonzero()[:, 1].reshape(feats.shape[0], -1))
         g = loc = None
@@ -199,7 +200,7 @@ class ImageTeacher(nn.Module):
     def forward(self, x, bool_masked_pos):
         """MVD's image targets: :meth:`features` at the hidden positions,
         ``[B, N_hidden, D_img]``."""
-        return hidden_tokens(self.features(x), bool_masked_pos)
+        return select_tokens(self.features(x), bool_masked_pos)
 
 
 class Teachers(nn.Module):
