@@ -6,7 +6,8 @@
 
 The flags are the reference scripts' (VideoMAE ``run_mae_pretraining.py`` and MMKD's), so
 existing launch scripts run unchanged. With ``teacher=False`` (``run_mae_pretraining.py``)
-the same loop runs VideoMAE's pixel objective without a teacher.
+the same loop runs VideoMAE's pixel objective without a teacher; ``run_mvd_pretraining.py``
+runs it with MVD's flags and models (``main(args, build=...)``).
 """
 import argparse
 import functools
