@@ -4,8 +4,9 @@ tensors), auto-resume, and loading weights from every checkpoint layout users ha
 position table they were trained with (VideoMAE's 1-D or MVD's 3-D table, recognised when
 stored, or recorded in our ``args``; :func:`adopt_position_table`).
 
-Layouts (``checkpoint_kind``): ours and VideoMAE / MVD / MMKD pre-training (``encoder.*`` keys
-plus decoder / projector), fine-tuned classifiers (``blocks.*``, ``fc_norm``, ``head``), bare
+Layouts (``checkpoint_kind``): ours and VideoMAE / MMKD pre-training (``encoder.*`` keys
+plus decoder / projector), MVD pre-training (bare encoder keys plus its feature decoders and
+stored tables), fine-tuned classifiers (``blocks.*``, ``fc_norm``, ``head``), bare
 encoders, and Hugging Face ``transformers`` VideoMAE (``videomae.*``, separate q/k/v), inside
 ``model`` / ``module`` (DeepSpeed) / ``state_dict`` wrappers, with DDP ``module.`` prefixes,
 as ``.pth`` / ``.bin`` / ``.safetensors`` files or Hugging Face / DeepSpeed directories.
@@ -265,8 +266,9 @@ def checkpoint_kind(ckpt):
 
     Returns:
         ``'hf'`` (transformers VideoMAE: ``videomae.*`` / ``embeddings.*`` /
-        ``*.attention.attention.*``), ``'pretrain'`` (``encoder.*``: VideoMAE / MVD / MMKD
-        pre-training, our student or teacher), ``'finetune'`` (bare encoder keys with
+        ``*.attention.attention.*``), ``'pretrain'`` (``encoder.*``: VideoMAE / MMKD
+        pre-training, our student or teacher; MVD pre-training: bare encoder keys with
+        ``mask_token_img`` / ``mask_token_vid``), ``'finetune'`` (bare encoder keys with
         ``fc_norm`` / ``head``) or ``'encoder'`` (bare encoder keys only).
     Raises:
         ValueError: none of these; the message shows the first keys.
@@ -275,7 +277,7 @@ def checkpoint_kind(ckpt):
     if any(k.startswith(("videomae.", "embeddings.patch_embeddings."))
            or ".attention.attention." in k for k in keys):
         return "hf"
-    if any(k.startswith("encoder.") for k in keys):
+    if any(k.startswith("encoder.") for k in keys) or any(k in keys for k in _MVD_DECODER_KEYS):
         return "pretrain"
     if any(k.startswith(("head.", "fc_norm.")) for k in keys):
         return "finetune"
@@ -402,7 +404,10 @@ def ours_to_hf(state, base_prefix="videomae."):
 # the one filter: any layout -> the target model's keys
 # ---------------------------------------------------------------------------------------------
 _ENCODER_ROOTS = ("patch_embed.", "blocks.", "norm.", "pos_embed")
-_PRETRAINING_PARTS = ("decoder", "encoder_to_decoder", "mask_token", "projector")
+_PRETRAINING_PARTS = ("decoder", "encoder_to_decoder", "mask_token", "projector", "down_")
+# MVD's feature decoders: their mask tokens mark its layout; their stored fixed tables
+_MVD_DECODER_KEYS = ("mask_token_img", "mask_token_vid")
+_DECODER_TABLES = ("pos_embed_img", "pos_embed_vid")
 
 
 def canonical_state_dict(ckpt):
@@ -423,8 +428,8 @@ def encoder_state_dict(state):
     projector and mask token dropped), or a fine-tuned checkpoint's keys as they are
     (``fc_norm`` / ``head`` included); Hugging Face checkpoints are renamed first."""
     _, state = canonical_state_dict(state)
-    return {k: v for k, v in state.items()
-            if k.startswith(_ENCODER_ROOTS) or not k.startswith(_PRETRAINING_PARTS)}
+    return {k: v for k, v in state.items() if k not in _DECODER_TABLES
+            and (k.startswith(_ENCODER_ROOTS) or not k.startswith(_PRETRAINING_PARTS))}
 
 
 def resize_pos_embed(table, src_grid, dst_grid):
@@ -574,12 +579,22 @@ def checkpoint_filter_fn(ckpt, model, src_grid=None):
     Returns:
         state dict. A learned ``pos_embed`` comes back resized to the model's token grid
         under the model's key (``[encoder.]pos_embed``); a fixed table (1-D or 3-D) is dropped
-        (:func:`adopt_position_table` gives the model its kind).
+        (:func:`adopt_position_table` gives the model its kind), and so are the fixed tables
+        MVD stores for its feature decoders (``pos_embed_img``, ``pos_embed_vid``: our
+        decoders build theirs like the encoder's).
     Raises:
-        ValueError: unknown layout, unmappable HF keys, ungridded position table.
+        ValueError: unknown layout, unmappable HF keys, ungridded position table, a learned
+            feature-decoder table.
     """
     _, state = canonical_state_dict(ckpt)
     prefix = "encoder." if isinstance(getattr(model, "encoder", None), VideoViTEncoder) else ""
+    for key in _DECODER_TABLES:
+        if key in state:
+            kind, _ = recognise_position_table(state.pop(key), model.patch_embed.grid_size)
+            if kind == "learned":
+                raise ValueError(f"the checkpoint's feature-decoder table {key} is neither MVD's "
+                                 f"3-D nor VideoMAE's 1-D fixed table; learned decoder tables "
+                                 f"are not supported")
     table = state.pop("pos_embed", None)
     if table is not None:
         table = _position_table(table, model.patch_embed.grid_size, src_grid)
@@ -730,6 +745,32 @@ def load_teacher(teacher, path):
     at ``path`` (``--path_t``). A final norm, classifier head or pixel decoder in the file is
     ignored; anything the encoder needs and does not find is an error."""
     return load_pretrained(teacher.encoder, path, path)
+
+
+def load_image_teacher(teacher, path):
+    """Load an ImageMAE ViT (MAE's ``mae_pretrain_vit_*.pth``, or any timm-layout ViT
+    checkpoint) into an :class:`modeling_teacher.ImageTeacher`
+    (``--image_teacher_model_ckpt_path``).
+
+    As MVD loads its teachers: the ``model`` / ``module`` wrapper unwrapped, ``backbone.``
+    stripped, ``head.*`` dropped and every ``pos_embed`` skipped (the teacher keeps MAE's fixed
+    2-D table); also an MAE decoder (``decoder*``, ``mask_token``) is dropped. The rest goes
+    through timm's own ``checkpoint_filter_fn`` (patch-embedding layouts). The final norm may
+    be missing or left over (the teacher reads the last block before it); every other ViT
+    weight must be there and fit.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a checkpoint, refused globals, or weights that do not fit (named).
+    """
+    from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter
+    state = unwrap_state_dict(load_checkpoint(path))
+    state = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if "pos_embed" not in k
+             and not k.startswith(("head.", "decoder", "mask_token"))}
+    state = timm_vit_filter(state, teacher.vit)
+    return load_weights(teacher.vit, state, path, allow_missing=(r"pos_embed$", r"(fc_)?norm\."),
+                        allow_unexpected=(r"(fc_)?norm\.",))
 
 
 def checkpoint_candidates(directory):

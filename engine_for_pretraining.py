@@ -1,8 +1,9 @@
-"""One epoch of MMKD distillation (or VideoMAE pixel pre-training without a teacher).
+"""One epoch of MMKD distillation, MVD distillation or VideoMAE pixel pre-training (any mix).
 
-Each step: the frozen teacher encodes the masked clip once (no gradients), the student
-encodes it, :func:`losses.mmkd_loss` combines the terms, and the optimizer steps every
-``update_freq`` micro-batches with per-step lr and weight-decay schedules.
+Each step: the frozen teacher (MMKD's, or MVD's image and video teachers,
+``modeling_teacher.Teachers``) encodes the clip once (no gradients), the student encodes it,
+:func:`losses.mmkd_loss` combines the terms, and the optimizer steps every ``update_freq``
+micro-batches with per-step lr and weight-decay schedules.
 """
 import contextlib
 import math
@@ -39,7 +40,7 @@ def cosine_value(step, total_steps, base, final, warmup_steps=0, warmup_start=0.
 def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype=None,
                    teacher_autocast=True, num_k=10, num_f=10, kd_T=1.0, temperature_s=0.1,
                    temperature_t=0.05, normalize_target=True, mean=None, std=None,
-                   reference=False):
+                   reference=False, feature_losses=None):
     """The forward half of one step: teacher targets (once, no gradients), pixel targets,
     student outputs and :func:`losses.mmkd_loss`; returns ``(loss, terms)``.
 
@@ -51,6 +52,7 @@ def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype
             reference code does (benchmarks' baseline).
         reference: MM-hint as the public code computes it (``--reference_losses``); the
             teacher's local view pairs values as the student's ``pairing`` says.
+        feature_losses: MVD's terms' :class:`losses.FeatureLoss` by name (``mmkd_loss``).
     """
     raw = getattr(student, "module", student)
     pe = raw.patch_embed
@@ -66,7 +68,7 @@ def forward_losses(student, teacher, videos, mask, *, weights, device, amp_dtype
                                    normalize_target)
         s_out = student(videos, mask)
         return mmkd_loss(s_out, t_out, weights, target, temperature_s, temperature_t, num_f,
-                         reference)
+                         reference, feature_losses)
 
 
 def backward_step(model, optimizer, loss, boundary, *, update_freq=1, loss_scaler=None,
@@ -111,12 +113,13 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                     lr_scheduler, wd_schedule, steps_per_epoch, loss_scaler=None,
                     amp_dtype=None, clip_grad=None, update_freq=1, num_k=10, num_f=10, kd_T=1.0,
                     temperature_s=0.1, temperature_t=0.05, normalize_target=True,
-                    mean=None, std=None, logger=None, reference=False):
+                    mean=None, std=None, logger=None, reference=False, feature_losses=None):
     """Train ``student`` for one epoch; returns the epoch's mean metrics.
 
     Args:
         student: a (possibly DDP-wrapped) ``PretrainVisionTransformer``.
-        teacher: frozen ``Teacher`` or None (pixel-only VideoMAE pre-training).
+        teacher: frozen ``Teacher`` (MMKD), ``Teachers`` (MVD) or None (pixel-only
+            VideoMAE pre-training).
         data_loader: yields dicts with ``video [B, 3, T, H, W]``, ``bool_masked_pos [B, N]``
             and ``num_skipped`` (corrupted clips dropped from the batch).
         weights: :class:`losses.LossWeights`.
@@ -125,6 +128,7 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
         steps_per_epoch: optimizer updates per epoch (for the global step).
         loss_scaler: ``torch.amp.GradScaler`` for fp16, or None.
         reference: MM-hint as the public code computes it (:func:`forward_losses`).
+        feature_losses: MVD's terms' :class:`losses.FeatureLoss` by name.
     Raises:
         NonFiniteLossError: naming the step and the term that is not finite.
     """
@@ -155,7 +159,7 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                                      kd_T=kd_T, temperature_s=temperature_s,
                                      temperature_t=temperature_t,
                                      normalize_target=normalize_target, mean=mean, std=std,
-                                     reference=reference)
+                                     reference=reference, feature_losses=feature_losses)
         loss_value, values = host_values(loss, terms)
         for k, v in values.items():
             if not math.isfinite(v):

@@ -73,6 +73,11 @@ FLAG_RANGES = {
     "num_k": AT_LEAST_1, "num_f": AT_LEAST_1, "kd_T": POSITIVE, "temperature_s": POSITIVE,
     "temperature_t": POSITIVE, "gamma": AT_LEAST_0, "alpha": AT_LEAST_0, "beta": AT_LEAST_0,
     "beta_kd1": AT_LEAST_0, "beta_kd2": AT_LEAST_0,
+    # MVD: feature decoders and teachers
+    "feat_decoder_depth": AT_LEAST_1, "feat_decoder_embed_dim": AT_LEAST_1,
+    "feat_decoder_num_heads": AT_LEAST_1, "distillation_target_dim": AT_LEAST_1,
+    "video_distillation_target_dim": AT_LEAST_1, "teacher_input_size": AT_LEAST_1,
+    "image_teacher_loss_weight": AT_LEAST_0, "video_teacher_loss_weight": AT_LEAST_0,
 }
 
 

@@ -1,4 +1,4 @@
-"""The MMKD distillation losses and the VideoMAE pixel loss.
+"""The MMKD distillation losses, MVD's feature losses and the VideoMAE pixel loss.
 
 MMKD: Li et al., "Mask Again: Masked Knowledge Distillation for Masked Video Modeling",
 ACM MM 2023, Sec. 3. ``../shared/docs/METHOD.md`` of this project states every term; the
@@ -20,6 +20,12 @@ view's values paired as its ``VTop`` pairs them (``pairing='reference'``). Both 
 the same :class:`Projector`-style maps (student-side, and the optional trainable
 teacher-side Linear), which :func:`mmkd_loss` applies; ``tests/test_losses.py`` checks both
 modes against the public code's own float64 outputs (``tests/data/mmkd_reference``).
+
+MVD (Wang et al., CVPR 2023, Sec. 3.2; METHOD.md, "MVD exactly"): the student's feature
+decoders predict the image and video teachers' features at the hidden positions, each term
+an L1, L2 or SmoothL1 loss (:func:`feature_loss`), optionally on LayerNorm-ed targets.
+:func:`mmkd_loss` weighs every term of the three objectives (:class:`LossWeights`), so they
+combine in one run.
 
 Everything here computes in float32 at least, whatever the autocast dtype of the inputs
 (autocast is switched off inside, or it would run the matmuls in bf16/fp16; float64 inputs
@@ -243,21 +249,61 @@ def pixel_targets(videos, bool_masked_pos, tubelet_size, patch_size, mean, std, 
     return x[bool_masked_pos].reshape(b, -1, x.shape[-1])
 
 
+# MVD's --distill_loss_func / --video_distill_loss_func choices (its torch.nn losses, mean)
+FEATURE_LOSSES = {"L1": F.l1_loss, "L2": F.mse_loss, "SmoothL1": F.smooth_l1_loss}
+
+
+@float32
+def feature_loss(pred, target, func="SmoothL1", norm_target=False):
+    """One of MVD's feature terms: ``func(pred, LN(target))``, mean over every element.
+
+    Args:
+        pred: ``[B, N_hidden, D]`` a feature decoder's predictions; target: ``[B, N_hidden, D]``
+            the teacher's features at the same hidden positions.
+        func: ``'L1'``, ``'L2'`` (MSE) or ``'SmoothL1'`` (beta 1), as torch.nn's losses.
+        norm_target: LayerNorm of each target token without affine parameters, eps 1e-6
+            (MVD's ``--norm_feature``).
+    Raises:
+        ValueError: unknown ``func``.
+    """
+    if func not in FEATURE_LOSSES:
+        raise ValueError(f"feature loss must be one of {sorted(FEATURE_LOSSES)}, got {func!r}")
+    target = _full(target)
+    if norm_target:
+        target = F.layer_norm(target, target.shape[-1:], eps=1e-6)
+    return FEATURE_LOSSES[func](_full(pred), target)
+
+
+@dataclass(frozen=True)
+class FeatureLoss:
+    """How one MVD feature term is computed (:func:`feature_loss`): ``func`` and
+    ``norm_target``."""
+    func: str = "SmoothL1"
+    norm_target: bool = False
+
+    def __call__(self, pred, target):
+        return feature_loss(pred, target, self.func, self.norm_target)
+
+
 @dataclass
 class LossWeights:
     """Weights of ``L = gamma L_hint + beta (beta_kd1 L_global + beta_kd2 L_local)
-    + alpha L_relation + pixel_loss_weight L_pixel`` (METHOD.md item 4). A term whose weight
-    is zero is not computed."""
+    + alpha L_relation + pixel_loss_weight L_pixel`` (METHOD.md item 4)
+    ``+ w_img L_img_feat + w_vid L_vid_feat`` (MVD's ``--image_teacher_loss_weight``,
+    ``--video_teacher_loss_weight``). A term whose weight is zero is not computed."""
     hint: float = 0.0
     relation: float = 0.0
     global_: float = 0.0
     local: float = 0.0
     pixel: float = 0.0
+    img_feat: float = 0.0
+    vid_feat: float = 0.0
 
     @classmethod
     def from_args(cls, distill, gamma, alpha, beta, beta_kd1, beta_kd2, pixel_loss_weight,
-                  use_teacher=True):
-        """Weights for ``--distill`` (``hybrid|hinTop|VTop|onlymse``) and the weight flags.
+                  use_teacher=True, img_feat=0.0, vid_feat=0.0):
+        """Weights for ``--distill`` (``hybrid|hinTop|VTop|onlymse``) and the weight flags
+        (MVD's two as ``img_feat``, ``vid_feat``).
 
         Raises:
             ValueError: unknown ``--distill``.
@@ -270,7 +316,11 @@ class LossWeights:
         return cls(hint=gamma, relation=alpha,
                    global_=beta * beta_kd1 if "global" in views else 0.0,
                    local=beta * beta_kd2 if "local" in views else 0.0,
-                   pixel=pixel_loss_weight)
+                   pixel=pixel_loss_weight, img_feat=img_feat, vid_feat=vid_feat)
+
+    def uses_mmkd(self):
+        """Whether any MMKD term is on (the student then returns its tokens and maps)."""
+        return any(w > 0 for w in (self.hint, self.relation, self.global_, self.local))
 
     def views(self):
         """Attention views whose outputs must be computed."""
@@ -282,8 +332,8 @@ def _identity(x):
 
 
 def mmkd_loss(student, teacher, weights, pixel_target=None, temperature_s=0.1,
-              temperature_t=0.05, num_f=10, reference=False):
-    """Combine the terms of MMKD (and VideoMAE's pixel term) into one objective.
+              temperature_t=0.05, num_f=10, reference=False, feature_losses=None):
+    """Combine the terms of MMKD, MVD and VideoMAE's pixel term into one objective.
 
     The student's and teacher's outputs come raw (in their own widths); the maps into the
     teacher's width are the student's ``projector`` (``StudentOutput.projector``, None =
@@ -295,10 +345,14 @@ def mmkd_loss(student, teacher, weights, pixel_target=None, temperature_s=0.1,
 
     Args:
         student: a ``StudentOutput`` (``tokens [B, N_vis, D_s]``, ``attn_global``,
-            ``attn_local``, ``pixels``, ``projector``); teacher: a ``TeacherOutput``, or None.
+            ``attn_local``, ``pixels``, ``img_feat``, ``vid_feat``, ``projector``); teacher: a
+            ``TeacherOutput`` (MVD's targets ``img_feat``, ``vid_feat`` at the hidden
+            positions), or None.
         weights: :class:`LossWeights`.
         pixel_target: ``[B, N_hidden, P]`` when ``weights.pixel > 0``.
         reference: MM-hint as the public code computes it.
+        feature_losses: ``{'img_feat': FeatureLoss, 'vid_feat': FeatureLoss}`` for MVD's
+            terms; a missing entry is ``FeatureLoss()`` (SmoothL1, raw targets).
     Returns:
         ``(total, terms)``: scalar loss and ``{name: unweighted scalar}`` for each term used.
     """
@@ -319,7 +373,12 @@ def mmkd_loss(student, teacher, weights, pixel_target=None, temperature_s=0.1,
                                  _full(t_map(getattr(teacher, f"attn_{view}"))))
     if weights.pixel > 0:
         terms["pixel"] = F.mse_loss(_full(student.pixels), _full(pixel_target))
+    for name in ("img_feat", "vid_feat"):
+        if getattr(weights, name) > 0:
+            loss = (feature_losses or {}).get(name, FeatureLoss())
+            terms[name] = loss(getattr(student, name), getattr(teacher, name))
     scale = {"hint": weights.hint, "relation": weights.relation, "global": weights.global_,
-             "local": weights.local, "pixel": weights.pixel}
+             "local": weights.local, "pixel": weights.pixel, "img_feat": weights.img_feat,
+             "vid_feat": weights.vid_feat}
     total = sum(scale[k] * v for k, v in terms.items())
     return total, terms

@@ -71,6 +71,28 @@ def sincos_3d_table(grid, dim):
     return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
 
 
+def sincos_2d_table(grid, dim, class_token=False):
+    """MAE's fixed 2-D sin-cos position table of images (He et al. 2022, ``models_mae.py``):
+    ``[1, (1 +) h*w, dim]`` float32, the first half of the channels encoding ``w``, the second
+    ``h`` (each :func:`_sincos_halves`), tokens row-major ``(h, w)``; with ``class_token`` a
+    leading row of zeros for the class token. MVD's image teachers use it
+    (``modeling_teacher.ImageTeacher``).
+
+    Args:
+        grid: ``(h, w)`` patch grid.
+        dim: channels; a multiple of 4.
+    Raises:
+        ValueError: ``dim`` is not a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"the 2-D sin-cos position table needs a width divisible by 4, got {dim}")
+    hh, ww = (a.ravel() for a in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
+    table = np.concatenate([_sincos_halves(ww, dim // 2), _sincos_halves(hh, dim // 2)], axis=1)
+    if class_token:
+        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
+    return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
+
+
 # The fixed position tables a model can be built with (``--pos_embed``), and their names in
 # messages. A table loaded from a checkpoint that is neither is "learned".
 POS_EMBED_TABLES = {"sincos_1d": "VideoMAE 1-D sinusoid table",

@@ -129,3 +129,31 @@ def amp_setup(args):
         return (torch.bfloat16 if args.amp == "bf16" else None), None
     bf16 = args.amp == "bf16" or (args.amp == "auto" and torch.cuda.is_bf16_supported())
     return (torch.bfloat16, None) if bf16 else (torch.float16, torch.amp.GradScaler("cuda"))
+
+
+def load_optimizer_state(optimizer, state, source):
+    """Load a saved optimizer ``state`` into ``optimizer``, also when its parameter groups
+    come in another order: timm's groups are ``[no decay, decay]``, MVD's and VideoMAE's
+    ``get_parameter_groups`` saves ``[decay, no decay]``. Groups are matched by (decays or
+    not, number of parameters); within a group both list the parameters in the model's
+    ``named_parameters`` order, so each state follows its parameter.
+
+    Raises:
+        ValueError: one line naming ``source`` when the groups cannot be matched.
+    """
+    def signature(groups):
+        return [(g["weight_decay"] > 0, len(g["params"])) for g in groups]
+
+    ours, saved = signature(optimizer.param_groups), signature(state["param_groups"])
+    if saved != ours:
+        order = sorted(range(len(saved)), key=lambda i: saved[i])
+        want = sorted(range(len(ours)), key=lambda i: ours[i])
+        if sorted(saved) != sorted(ours):
+            raise ValueError(f"{source}: its optimizer state has parameter groups (decay, size) "
+                             f"{saved}, this run's optimizer {ours}; the model or "
+                             f"--weight_decay differs from the run that saved it")
+        groups = [None] * len(ours)
+        for i, j in zip(want, order):
+            groups[i] = state["param_groups"][j]
+        state = dict(state, param_groups=groups)
+    optimizer.load_state_dict(state)

@@ -146,9 +146,9 @@ def releases_output_dir(main):
     """Decorator of a script's ``main(args)``: the ``--output_dir`` lock is released when
     ``main`` returns or exits, also when it is called in-process (tests, notebooks)."""
     @functools.wraps(main)
-    def wrapper(args):
+    def wrapper(args, *rest, **kwargs):
         try:
-            return main(args)
+            return main(args, *rest, **kwargs)
         finally:
             release_output_dir(getattr(args, "output_dir", ""))
     return wrapper

@@ -3,11 +3,15 @@
 # real clips (tests/data/videos):
 #   1. pre-train a small teacher (ViT-S) with VideoMAE's pixel objective;
 #   2. distil a ViT-Ti student from it with MMKD (--distill hybrid);
-#   3. fine-tune the student on a small labelled set cut from the same clips and run the
+#   3. distil another ViT-Ti with MVD: feature decoders predicting, at the hidden positions,
+#      the teacher's features of the whole clip (video teacher) and those of an image teacher
+#      made from the same ViT-S (tools/image_teacher_from_video.py) on each tubelet's first frame;
+#   4. fine-tune the MMKD student on a small labelled set cut from the same clips and run the
 #      multi-view test (5 clips x 3 crops), printing Top-1 / Top-5;
-#   4. draw training curves and attention visualisations.
+#   5. draw training curves and attention visualisations.
 # Sizes are scaled down (8 frames, 112 px) so it all runs on a 2-core CPU.
-# Usage: bash scripts/demo.sh   (OUT=dir to change the output directory, default demo_output)
+# Usage: bash scripts/demo.sh   (OUT=dir to change the output directory, default demo_output;
+#        MVD_EPOCHS=0 leaves out stage 3)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" requirements.txt
 OUT="${OUT:-demo_output}"
@@ -19,6 +23,7 @@ VIDEOS=tests/data/videos
 DEVICE="${DEVICE:-cpu}"
 TEACHER_EPOCHS="${TEACHER_EPOCHS:-20}"
 STUDENT_EPOCHS="${STUDENT_EPOCHS:-20}"
+MVD_EPOCHS="${MVD_EPOCHS:-10}"
 mkdir -p "$OUT/data"
 START=$(date +%s)
 
@@ -35,29 +40,46 @@ COMMON=(--data_path "$OUT/data/pretrain.csv" --data_root "$VIDEOS" --input_size 
         --sampling_rate 4 --batch_size 8 --num_workers 2 --device "$DEVICE" --save_ckpt_freq 10
         --warmup_epochs 2 --opt_betas 0.9 0.95 --weight_decay 0.05 --no-auto_resume)
 
-echo "== 1/4 teacher: VideoMAE pixel pre-training of ViT-S ($TEACHER_EPOCHS epochs) =="
+echo "== 1/5 teacher: VideoMAE pixel pre-training of ViT-S ($TEACHER_EPOCHS epochs) =="
 python run_mae_pretraining.py "${COMMON[@]}" --model pretrain_videomae_small_patch16_224 \
   --decoder_depth 2 --mask_ratio 0.75 --epochs "$TEACHER_EPOCHS" --lr 1.5e-2 --min_lr 1e-4 \
   --output_dir "$OUT/teacher" --log_dir "$OUT/teacher/tb"
 TEACHER="$OUT/teacher/checkpoint-$((TEACHER_EPOCHS - 1)).pth"
 
-echo "== 2/4 student: MMKD distillation ViT-S -> ViT-Ti, --distill hybrid ($STUDENT_EPOCHS epochs) =="
+echo "== 2/5 student: MMKD distillation ViT-S -> ViT-Ti, --distill hybrid ($STUDENT_EPOCHS epochs) =="
 python run_mmkd_pretraining.py "${COMMON[@]}" --model pretrain_videomae_tiny_patch16_224 \
   --model_t pretrain_videomae_small_patch16_224 --path_t "$TEACHER" --distill hybrid \
   --mask_type tube --mask_ratio 0.75 --num_k 10 --num_f 10 --gamma 0.1 --alpha 0.1 --beta 1 \
   --beta_kd1 0.1 --beta_kd2 3 --epochs "$STUDENT_EPOCHS" --lr 1.5e-2 --min_lr 1e-4 \
   --output_dir "$OUT/student" --log_dir "$OUT/student/tb"
 STUDENT="$OUT/student/checkpoint-$((STUDENT_EPOCHS - 1)).pth"
-python - "$OUT/student/log.json" <<'PY'
+loss_drop() {  # LOG.json TERM...: the first and last epoch's total loss and terms
+  python - "$@" <<'PY'
 import json, sys
 log = [json.loads(l) for l in open(sys.argv[1])]
 a, b = log[0], log[-1]
-print(f"distillation loss: epoch {a['epoch']} {a['train_loss']:.4f} -> epoch {b['epoch']} "
-      f"{b['train_loss']:.4f} ({100 * (1 - b['train_loss'] / a['train_loss']):.1f}% lower)")
+for k in ["loss", *sys.argv[2:]]:
+    print(f"distillation {k}: epoch {a['epoch']} {a['train_' + k]:.4f} -> epoch {b['epoch']} "
+          f"{b['train_' + k]:.4f} ({100 * (1 - b['train_' + k] / a['train_' + k]):.1f}% lower)")
 PY
+}
+loss_drop "$OUT/student/log.json"
+
+if [ "$MVD_EPOCHS" -gt 0 ]; then
+  echo "== 3/5 MVD distillation: video and image teachers (ViT-S) -> ViT-Ti ($MVD_EPOCHS epochs) =="
+  python tools/image_teacher_from_video.py "$TEACHER" "$OUT/teacher/image_teacher.pth"
+  python run_mvd_pretraining.py "${COMMON[@]}" --model pretrain_masked_video_student_tiny_patch16_224 \
+    --video_teacher_model pretrain_videomae_teacher_small_patch16_224 \
+    --video_teacher_model_ckpt_path "$TEACHER" --video_distillation_target_dim 384 \
+    --image_teacher_model mae_teacher_vit_small_patch16 --teacher_input_size 112 \
+    --image_teacher_model_ckpt_path "$OUT/teacher/image_teacher.pth" --distillation_target_dim 384 \
+    --mask_type tube --mask_ratio 0.75 --decoder_depth 2 --epochs "$MVD_EPOCHS" --lr 1.5e-2 \
+    --min_lr 1e-4 --output_dir "$OUT/mvd" --log_dir "$OUT/mvd/tb"
+  loss_drop "$OUT/mvd/log.json" img_feat vid_feat
+fi
 echo "pre-training stages took $(( $(date +%s) - START )) s"
 
-echo "== 3/4 fine-tune the distilled student, then the multi-view test (5 clips x 3 crops) =="
+echo "== 4/5 fine-tune the distilled student, then the multi-view test (5 clips x 3 crops) =="
 # One class per source clip (ava_style_demo and short_clip_part0 are cut from the same
 # footage as two others, so they are left out): 4 training windows from the first 60 % of
 # each video, 2 test windows from the last 40 %.
@@ -79,9 +101,10 @@ print(f"multi-view test: Top-1 {s['top1']:.1f} / Top-5 {s['top5']:.1f} over {s['
       f"trivially 100 with 5 classes)")
 PY
 
-echo "== 4/4 training curves and what teacher and student attend to =="
+echo "== 5/5 training curves and what teacher and student attend to =="
 python tools/plot_curves.py "$OUT/teacher" "$OUT/curves/teacher"
 python tools/plot_curves.py "$OUT/student" "$OUT/curves/student"
+[ "$MVD_EPOCHS" -gt 0 ] && python tools/plot_curves.py "$OUT/mvd" "$OUT/curves/mvd"
 python tools/plot_curves.py "$OUT/finetune" "$OUT/curves/finetune"
 bash scripts/vis_kd.sh "$VIDEOS/arm_wrestling_demo.mp4" "$OUT/vis" "$STUDENT" "$TEACHER" \
   --model pretrain_videomae_tiny_patch16_224 --model_t pretrain_videomae_small_patch16_224 \

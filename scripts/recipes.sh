@@ -1,7 +1,7 @@
-# Hyper-parameters of the model-zoo launch scripts (sourced, not run). Each configuration
+# Hyper-parameters of the model-zoo launch scripts (sourced, not run). Each MMKD configuration
 # reproduces the published MMKD launch script of the same name (xiaojieli0903/MaskAgain,
-# scripts/*_slurm.sh): the flags it passes, and its parser's defaults for the flags it does not
-# pass; the deliberate differences are marked "differs:". tests/test_scripts.py checks every
+# scripts/*_slurm.sh), each MVD one the published MVD script named in its comment: the flags
+# it passes, and its parser's defaults for the flags it does not pass; the deliberate differences are marked "differs:". tests/test_scripts.py checks every
 # script's dry run against those values and against METHOD.md's recipe. Flags given later on
 # a command line (a script's own, then its "$@") override these (argparse keeps the last).
 
@@ -61,6 +61,58 @@ FT_HMDB=(--data_set HMDB51 --nb_classes 51 --epochs 50 --layer_decay 0.7 --lr 1e
          --test_num_segment 5 --save_ckpt_freq 10)
 # ViT-S on HMDB51: frames 2 apart, 10 test clips
 FT_HMDB_SMALL=(--sampling_rate 2 --test_num_segment 10)
+
+# MVD distillation (METHOD.md, "MVD exactly"; each reproduces the published MVD script
+# ruiwang2021/mvd scripts/mvd_vit_<student>_from_vit_<teacher>_teacher_epoch_400/
+# pretrain_mvd_<student>_on_k400.sh: its flags and its parser's defaults): Kinetics-400 on 32
+# GPUs, tube mask 0.9, 16x4 frames, AdamW (0.9, 0.95), lr 1.5e-4 per 256 with min lr 1e-4,
+# warm-up 40, 401 epochs (fine-tuning starts from checkpoint-399), drop_path 0.1, feature
+# decoders 2 deep, SmoothL1 on raw targets for both teachers (weights 1 and 1).
+MVD_RECIPE=(
+  --mask_type tube --mask_ratio 0.9 --decoder_depth 2
+  --distill_loss_func SmoothL1 --video_distill_loss_func SmoothL1
+  --opt adamw --opt_betas 0.9 0.95 --lr 1.5e-4 --min_lr 1e-4 --warmup_epochs 40 --epochs 401
+  --drop_path 0.1 --num_frames 16 --sampling_rate 4 --save_ckpt_freq 10
+)
+# the teachers: MAE's ImageNet ViT and VideoMAE's K400 ViT (1600 epochs) of one size
+MVD_FROM_BASE=(--image_teacher_model mae_teacher_vit_base_patch16 --distillation_target_dim 768
+               --video_teacher_model pretrain_videomae_teacher_base_patch16_224
+               --video_distillation_target_dim 768)
+MVD_FROM_LARGE=(--image_teacher_model mae_teacher_vit_large_patch16 --distillation_target_dim 1024
+                --video_teacher_model pretrain_videomae_teacher_large_patch16_224
+                --video_distillation_target_dim 1024)
+# students: 16 clips x 2 accumulation per GPU (ViT-B from ViT-L: 8 x 4), 1024 in all
+MVD_SMALL=(--model pretrain_masked_video_student_small_patch16_224 --batch_size 16 --update_freq 2)
+MVD_BASE=(--model pretrain_masked_video_student_base_patch16_224 --batch_size 16 --update_freq 2)
+MVD_BASE_FROM_LARGE=(--batch_size 8 --update_freq 4)
+
+# Fine-tuning of MVD students (the published finetune_on_{k400,ssv2}.sh and their parser's
+# defaults): AdamW (0.9, 0.999), wd 0.05, layer decay 0.75, warm-up 5, min lr 1e-6 per 256,
+# drop_path 0.1, smoothing 0.1, mixup 0.8 / cutmix 1.0, RandAugment, random erasing 0.25,
+# repeated augmentation 2, 16 frames, 3 test crops; the 3-D table (which MVD's pre-training
+# files store and ours record, so the flag only says so). differs: no --enable_deepspeed, as
+# for MMKD's fine-tuning.
+FT_MVD_RECIPE=(
+  --opt adamw --opt_betas 0.9 0.999 --weight_decay 0.05 --layer_decay 0.75 --warmup_epochs 5
+  --warmup_lr 1e-6 --min_lr 1e-6 --drop_path 0.1 --fc_drop_rate 0 --smoothing 0.1 --mixup 0.8
+  --cutmix 1.0 --aa rand-m7-n4-mstd0.5-inc1 --reprob 0.25 --num_sample 2 --num_frames 16
+  --input_size 224 --short_side_size 224 --test_num_crop 3 --save_ckpt_freq 5 --dist_eval
+  --pos_embed sincos_3d
+)
+# Kinetics-400: dense 16x4, 5 x 3 test views, lr 5e-4 per 256; ViT-S 12 x 2 clips per GPU on
+# 16 GPUs for 150 epochs, ViT-B 6 x 2 on 32 GPUs for 75.
+FT_MVD_K400=(--data_set Kinetics-400 --nb_classes 400 --sampling_rate 4 --test_num_segment 5
+             --lr 5e-4)
+FT_MVD_K400_SMALL=(--model vit_small_patch16_224 --batch_size 12 --update_freq 2 --epochs 150)
+FT_MVD_K400_BASE=(--model vit_base_patch16_224 --batch_size 6 --update_freq 2 --epochs 75)
+# Something-Something V2: TSN sampling of 16 segments, no flip (DATA_SETS["SSV2"]), 2 x 3 test
+# views; ViT-S 12 clips per GPU on 32 GPUs, lr 1e-3, layer decay 0.7, 40 epochs; ViT-B 24 on
+# 16 GPUs (384 in all), lr 5e-4, 30 epochs, activation checkpointing.
+FT_MVD_SSV2=(--data_set SSV2 --nb_classes 174 --test_num_segment 2)
+FT_MVD_SSV2_SMALL=(--model vit_small_patch16_224 --batch_size 12 --update_freq 1 --lr 1e-3
+                   --layer_decay 0.7 --epochs 40)
+FT_MVD_SSV2_BASE=(--model vit_base_patch16_224 --batch_size 24 --update_freq 1 --lr 5e-4
+                  --epochs 30 --use_checkpoint)
 
 # the shared launcher (srun / torchrun, DRY_RUN): see launch.sh
 LAUNCH="$(dirname "${BASH_SOURCE[0]}")/launch.sh"

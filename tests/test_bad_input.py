@@ -411,9 +411,11 @@ def test_every_bad_flag_in_one_line_and_the_exit_status():
 
 def _tool_defaults():
     import extract_features
+    import run_mvd_pretraining
     import run_vis
     return [vars(rmp.get_args_parser().parse_args(["--data_path", "x"])),
             vars(rmp.get_args_parser(teacher=False).parse_args(["--data_path", "x"])),
+            vars(run_mvd_pretraining.get_args_parser().parse_args(["--data_path", "x"])),
             vars(rcf.get_args_parser().parse_args(["--data_path", "x"])),
             vars(extract_features.get_args_parser().parse_args(["--checkpoint", "c", "--videos",
                                                                 "v", "--output", "o"])),

@@ -12,13 +12,17 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = os.path.join(ROOT, "scripts")
+MVD_CONFIGS = [f"mvd_{s}_from_{t}_k400" for s in ("small", "base") for t in ("base", "large")] + \
+              [f"finetune_mvd_{s}_{d}" for s in ("small", "base") for d in ("k400", "ssv2")]
 CONFIGS = [f"kd_{s}_{d}" for s in ("small", "base") for d in ("k400", "ucf")] + \
-          [f"finetune_{s}_{d}" for s in ("small", "base") for d in ("k400", "ucf", "hmdb")]
+          [f"finetune_{s}_{d}" for s in ("small", "base") for d in ("k400", "ucf", "hmdb")] + \
+          MVD_CONFIGS
 # TPN's zoo: Kinetics-400 at FXS=8x8 (default), 16x4, 32x2; Something-Something V1/V2
 TPN_CONFIGS = [f"{m}_k400" for m in ("tpn_r50", "tpn_r101", "slowonly_r50", "slowonly_r101")] + \
               [f"{m}_{d}" for m in ("tsm_r50_tpn", "tsm_r50") for d in ("ssv1", "ssv2")]
 PATHS = dict(DATA_PATH="/data/set dir", OUTPUT_DIR="/out/run", TEACHER_PATH="/ckpt/teacher.pth",
-             MODEL_PATH="/ckpt/student.pth")
+             MODEL_PATH="/ckpt/student.pth", IMAGE_TEACHER_PATH="/ckpt/mae.pth",
+             VIDEO_TEACHER_PATH="/ckpt/videomae.pth")
 
 # The published MMKD launch scripts (xiaojieli0903/MaskAgain at c9069d3, scripts/<config>_slurm.sh)
 # as the values their parsers (run_kd.py, run_mae_kd.py, run_class_finetuning.py) end with, for
@@ -66,6 +70,51 @@ PUBLISHED = {  # config: (GPUs by default, values)
                                     sampling_rate=2, test_num_segment=10)),
     "finetune_base_hmdb": (4, dict(PUB_FT, **_HMDB_FT, model="vit_base_patch16_224")),
 }
+# The published MVD scripts (ruiwang2021/mvd at 45b877a6, scripts/mvd_vit_<s>_from_vit_<t>_
+# teacher_epoch_400/{pretrain_mvd_<s>_on_k400,finetune_on_k400,finetune_on_ssv2}.sh) the same
+# way (run_mvd_pretraining.py's and its run_class_finetuning.py's parsers); fine-tuning
+# scripts are the same for both teachers. GPUs: the nodes x 8 each script's comment gives.
+PUB_MVD = dict(mask_type="tube", mask_ratio=0.9, feat_decoder_depth=2, distill_loss_func="SmoothL1",
+               video_distill_loss_func="SmoothL1", image_teacher_loss_weight=1.0,
+               video_teacher_loss_weight=1.0, norm_feature=False, teacher_input_size=224,
+               feat_decoder_embed_dim=None, feat_decoder_num_heads=None, opt="adamw",
+               opt_betas=[0.9, 0.95], opt_eps=1e-8, clip_grad=None, momentum=0.9,
+               weight_decay=0.05, weight_decay_end=None, lr=1.5e-4, min_lr=1e-4, warmup_lr=1e-6,
+               warmup_epochs=40, warmup_steps=-1, epochs=401, drop_path=0.1, input_size=224,
+               num_frames=16, sampling_rate=4, save_ckpt_freq=10, use_checkpoint=False,
+               auto_resume=True, num_workers=10)
+_MVD_B = dict(image_teacher_model="mae_teacher_vit_base_patch16", distillation_target_dim=768,
+              video_teacher_model="pretrain_videomae_teacher_base_patch16_224",
+              video_distillation_target_dim=768)
+_MVD_L = dict(image_teacher_model="mae_teacher_vit_large_patch16", distillation_target_dim=1024,
+              video_teacher_model="pretrain_videomae_teacher_large_patch16_224",
+              video_distillation_target_dim=1024)
+_MVD_S_STUDENT = dict(model="pretrain_masked_video_student_small_patch16_224", batch_size=16,
+                      update_freq=2)
+_MVD_B_STUDENT = dict(model="pretrain_masked_video_student_base_patch16_224", batch_size=16,
+                      update_freq=2)
+PUB_FT_MVD = dict(PUB_FT, opt_betas=[0.9, 0.999], min_lr=1e-6, warmup_lr=1e-6, layer_decay=0.75,
+                  drop_path=0.1, fc_drop_rate=0.0, save_ckpt_freq=5, use_checkpoint=False)
+_MVD_K400 = dict(data_set="Kinetics-400", nb_classes=400, sampling_rate=4, test_num_segment=5,
+                 lr=5e-4)
+_MVD_SSV2 = dict(data_set="SSV2", nb_classes=174, test_num_segment=2)
+PUBLISHED.update({
+    "mvd_small_from_base_k400": (32, dict(PUB_MVD, **_MVD_B, **_MVD_S_STUDENT)),
+    "mvd_small_from_large_k400": (32, dict(PUB_MVD, **_MVD_L, **_MVD_S_STUDENT)),
+    "mvd_base_from_base_k400": (32, dict(PUB_MVD, **_MVD_B, **_MVD_B_STUDENT)),
+    "mvd_base_from_large_k400": (32, dict(PUB_MVD, **_MVD_L, **dict(_MVD_B_STUDENT, batch_size=8,
+                                                                    update_freq=4))),
+    "finetune_mvd_small_k400": (16, dict(PUB_FT_MVD, **_MVD_K400, model="vit_small_patch16_224",
+                                         batch_size=12, update_freq=2, epochs=150)),
+    "finetune_mvd_base_k400": (32, dict(PUB_FT_MVD, **_MVD_K400, model="vit_base_patch16_224",
+                                        batch_size=6, update_freq=2, epochs=75)),
+    "finetune_mvd_small_ssv2": (32, dict(PUB_FT_MVD, **_MVD_SSV2, model="vit_small_patch16_224",
+                                         batch_size=12, update_freq=1, lr=1e-3, layer_decay=0.7,
+                                         epochs=40)),
+    "finetune_mvd_base_ssv2": (16, dict(PUB_FT_MVD, **_MVD_SSV2, model="vit_base_patch16_224",
+                                        batch_size=24, update_freq=1, lr=5e-4, epochs=30,
+                                        use_checkpoint=True)),
+})
 # Where ours differs on purpose (each marked "differs:" in scripts/recipes.sh, with the reason).
 # The data-loader workers are a property of the cluster, not of the recipe: not compared.
 DIFFERS = {
@@ -78,6 +127,8 @@ NOT_COMPARED = ("num_workers",)
 # scripts' program, trains a teacher-side Linear; the teacher is VideoMAE ViT-B).
 OURS = {c: dict(model_t=_B, teacher_proj="small" in c, reference_losses=False)
         for c in PUBLISHED if c.startswith("kd")}
+# ... and MVD's 3-D table, which its student builds and its fine-tuning rebuilds
+OURS.update({c: dict(pos_embed="sincos_3d") for c in MVD_CONFIGS})
 METHOD_MD = os.path.join(ROOT, os.pardir, "shared", "docs", "METHOD.md")
 
 
@@ -103,6 +154,9 @@ def parser_for(script):
     if script == "run_mmkd_pretraining.py":
         from run_mmkd_pretraining import get_args_parser
         return get_args_parser()
+    if script == "run_mvd_pretraining.py":
+        from run_mvd_pretraining import get_args_parser
+        return get_args_parser()
     if not os.path.isfile(os.path.join(ROOT, "run_class_finetuning.py")):
         pytest.skip("run_class_finetuning.py is not there yet (written concurrently)")
     from run_class_finetuning import get_args_parser
@@ -114,7 +168,8 @@ def expected(config):
     gpus, values = PUBLISHED[config]
     values = {k: v for k, v in values.items() if k not in NOT_COMPARED}
     values.update(DIFFERS.get(config, {}), **OURS.get(config, {}))
-    script = "run_mmkd_pretraining.py" if config.startswith("kd") else "run_class_finetuning.py"
+    script = {"kd": "run_mmkd_pretraining.py", "mvd": "run_mvd_pretraining.py"}.get(
+        config.split("_")[0], "run_class_finetuning.py")
     return script, gpus, values
 
 
@@ -138,13 +193,16 @@ def test_dry_run_gives_the_published_recipe(config):
     want_script, gpus, want = expected(config)
     assert script == want_script
     assert launcher[0] == "srun" and f"--ntasks={gpus}" in launcher
-    assert f"--gres=gpu:{gpus}" in launcher
+    assert f"--gres=gpu:{min(gpus, 8)}" in launcher  # nodes of 8 GPUs
     assert f"--job-name={config}" in launcher and not any(t == "-p" for t in launcher)
     got = {k: getattr(args, k) for k in want}
     assert got == want, {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     assert args.log_dir == "/out/run" and args.output_dir == "/out/run"
-    assert (args.finetune if script == "run_class_finetuning.py" else args.path_t) in (
-        "/ckpt/student.pth", "/ckpt/teacher.pth")
+    paths = {"run_class_finetuning.py": ("finetune",), "run_mmkd_pretraining.py": ("path_t",),
+             "run_mvd_pretraining.py": ("image_teacher_model_ckpt_path",
+                                        "video_teacher_model_ckpt_path")}[script]
+    assert {getattr(args, p) for p in paths} <= set(PATHS.values())
+    assert len({getattr(args, p) for p in paths}) == len(paths)
     assert args.data_path == "/data/set dir"
 
 
@@ -278,3 +336,38 @@ def test_tpn_bad_fxs_fails():
     out = subprocess.run(["bash", os.path.join(SCRIPTS, "tpn_r50_k400_slurm.sh")], env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "FXS must be 8x8, 16x4 or 32x2, got '9x9'" in out.stderr
+
+
+def test_mvd_scripts_follow_the_method_recipe():
+    """METHOD.md, "MVD exactly": the pre-training recipe and the fine-tuning sentences
+    against the dry runs."""
+    text = " ".join(method_md().split("## MVD exactly")[1].split("\n## ")[0].split())
+    recipe = re.search(r"Recipe \(ViT-B from ViT-B, K400\): (.+?)\. S/B from L", text).group(1)
+    num = lambda pattern, s=recipe: float(re.search(pattern, s).group(1))  # noqa: E731
+    batch, accum, gpus = (int(v) for v in re.search(r"batch (\d+) x update_freq (\d+) x (\d+) GPUs",
+                                                    recipe).groups())
+    want = dict(mask_ratio=num(r"tube mask ([\d.]+)"), lr=num(r"lr ([\d.e-]+) per 256"),
+                min_lr=num(r"--min_lr ([\d.e-]+)"), warmup_epochs=num(r"warm-up (\d+)"),
+                epochs=num(r"(\d+) epochs"), drop_path=num(r"drop_path ([\d.]+)"),
+                batch_size=batch, update_freq=accum)
+    launcher, _, args = parsed("mvd_base_from_base_k400")
+    assert {k: getattr(args, k) for k in want} == want and f"--ntasks={gpus}" in launcher
+    assert args.opt_betas == [float(b) for b in re.search(r"AdamW \(([\d.]+), ([\d.]+)\)",
+                                                          recipe).groups()]
+    _, _, large = parsed("mvd_small_from_large_k400")
+    dims = int(re.search(r"S/B from L: L teachers, target dims (\d+)", text).group(1))
+    assert large.distillation_target_dim == large.video_distillation_target_dim == dims
+    ssv2 = re.search(r"ViT-B SSv2 batch (\d+), lr ([\d.e-]+), (\d+) epochs, layer decay ([\d.]+) "
+                     r"\(ViT-S ([\d.]+), (\d+) epochs\)", text).groups()
+    launcher, _, b = parsed("finetune_mvd_base_ssv2")
+    n = int(re.search(r"--ntasks=(\d+)", " ".join(launcher)).group(1))
+    assert b.batch_size * b.update_freq * n == int(ssv2[0])
+    assert (b.lr, b.epochs, b.layer_decay) == (float(ssv2[1]), int(ssv2[2]), float(ssv2[3]))
+    _, _, s = parsed("finetune_mvd_small_ssv2")
+    assert (s.layer_decay, s.epochs) == (float(ssv2[4]), int(ssv2[5]))
+    assert (b.data_set, b.num_frames, b.test_num_segment, b.test_num_crop) == ("SSV2", 16, 2, 3)
+    k400 = re.search(r"K400 ViT-B lr ([\d.e-]+), (\d+) epochs \(ViT-S (\d+)\)", text).groups()
+    _, _, kb = parsed("finetune_mvd_base_k400")
+    _, _, ks = parsed("finetune_mvd_small_k400")
+    assert (kb.lr, kb.epochs, ks.epochs) == (float(k400[0]), int(k400[1]), int(k400[2]))
+    assert (kb.sampling_rate, kb.test_num_segment, kb.test_num_crop) == (4, 5, 3)
