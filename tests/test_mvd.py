@@ -534,15 +534,16 @@ def test_image_teacher_made_from_a_video_encoder(tmp_path, capsys):
 
 
 def test_bf16_check_of_the_mvd_step(monkeypatch, capsys):
-    """benchmarks/check_bf16_mvd.py (the GPU check's MVD part) at tiny size: it prints both
+    """benchmarks/check_bf16.py --method mvd (the GPU check's MVD part) at tiny size: it prints both
     terms in both precisions, and its verdict follows its tolerance (bf16 really ran: the
     terms differ)."""
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), "benchmarks"))
-    import check_bf16_mvd
+    import check_bf16
     with pytest.raises(SystemExit, match=r"MVD bf16 vs float32: FAILED \(terms beyond 1e-07 %: "
                                          r"loss, img_feat, vid_feat\)"):
-        check_bf16_mvd.main(["--small", "--teachers", "T", "--device", "cpu", "--rtol", "1e-9"])
+        check_bf16.main(["--method", "mvd", "--small", "--teachers", "T", "--device", "cpu",
+                         "--rtol", "1e-9"])
     out = capsys.readouterr().out
     assert re.search(r"img_feat +\d\.\d+e[-+]\d+ +\d\.\d+e[-+]\d+ +\d+\.\d+%", out), out
     assert re.search(r"student gradients: cosine similarity 0\.99\d+", out), out
