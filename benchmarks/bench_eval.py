@@ -25,8 +25,8 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 
 from common import (add_common_args, arg_parser, classifier_flops, device_description,
-                    device_peak_tflops, fast_amp_dtype, fast_init, fmt_bytes, mfu_text, setup,
-                    size_name, summary, sync, time_fn)
+                    device_peak_tflops, fast_amp_dtype, fast_init, fmt_bytes, inference_peak,
+                    mfu_text, setup, size_name, summary, time_fn)
 from engine_for_pretraining import autocast_context
 from model_factory import CNN_MODELS, create_classifier
 from modeling_encoder import compile_blocks, set_fused_attn
@@ -57,16 +57,6 @@ def cnn_flops(model, frames, size):
     return counter.get_total_flops()
 
 
-def cuda_peak(device, fn):
-    if device.type != "cuda":
-        return None
-    sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    sync(device)
-    return torch.cuda.max_memory_allocated(device)
-
-
 def main(argv=None):
     p = add_common_args(arg_parser(__doc__.splitlines()[0]))
     a = p.add_argument
@@ -87,10 +77,11 @@ def main(argv=None):
     warmup = args.warmup if args.warmup is not None else (1 if small else 3)
     iters = args.iters or (2 if small else 10)
     n = (frames // 2) * (size // 16) ** 2
+    memory = "CUDA allocator" if device.type == "cuda" else "CPU tensors, torch.profiler"
     print(f"multi-view evaluation: {frames}x{size} views ({n} tokens), batches of {batch} views; "
           f"device: {device_description(device)}; {warmup} warm-up + {iters} timed batches per "
           f"mode, modes taking turns, fastest batch reported (median in brackets); memory: "
-          f"CUDA peak (n/a on CPU)")
+          f"peak allocated during one batch ({memory})")
     cnn_frames, cnn_size = 8, (64 if small else 256)
     if any(m in CNN_MODELS for m in args.models):
         print(f"CNN views: {cnn_frames}x{cnn_size} (TPN's fully convolutional 8x8 test)")
@@ -127,7 +118,7 @@ def main(argv=None):
             peak, src = device_peak_tflops(device, amp is not None, args.peak_tflops)
             results[m, mode] = vps
             print(f"{label} {mode:>9}: {vps:9.2f} views/s ({batch / med:.2f}) | "
-                  f"{best * 1e3:.1f} ms/batch | memory {fmt_bytes(cuda_peak(device, fwd))} | model "
+                  f"{best * 1e3:.1f} ms/batch | memory {fmt_bytes(inference_peak(device, fwd))} | model "
                   f"{mfu_text(flops * vps, peak)} [{src}] | {flops / 1e9:.1f} GFLOP/view")
         if len(args.modes) == 2:
             print(f"{label} ratio optimised/baseline: "

@@ -184,6 +184,37 @@ class SavedTensorBytes:
         return sum(self.storages.values())
 
 
+def cpu_allocation_peak(fn):
+    """Peak bytes of the tensors ``fn()`` allocates on the CPU (above what was allocated
+    before it): the running sum, in time order, of the allocation and free records of
+    ``torch.profiler`` with ``profile_memory``. None where the profiler gives no records."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                         if e.name() == "[memory]")
+    except AttributeError:  # another torch's profiler internals
+        return None
+    peak = total = 0
+    for _, nbytes in records:
+        total += nbytes
+        peak = max(peak, total)
+    return peak or None
+
+
+def inference_peak(device, fn):
+    """Peak bytes allocated while ``fn()`` runs: the CUDA allocator's peak, or on the CPU
+    :func:`cpu_allocation_peak`."""
+    if device.type != "cuda":
+        return cpu_allocation_peak(fn)
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
 def peak_memory(device, fn, exclude=()):
     """``(bytes, label)``: the CUDA allocator's peak during ``fn()``; on CPU the activation
     bytes saved for the backward (see :class:`SavedTensorBytes`; parameters of the modules

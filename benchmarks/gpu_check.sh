@@ -86,7 +86,7 @@ part step_S_B_32 40 "" \
   "- the same script as step_B_B_32, which runs it at the --small size"
 part eval 40 "" \
   '^multi-view evaluation|views/s' \
-  '$PY benchmarks/bench_eval.py --models S B --batch_size 32' \
+  '$PY benchmarks/bench_eval.py --models S B tpn_r50 --batch_size 32' \
   "\$PY benchmarks/bench_eval.py --small $CPU --models S --iters 1"
 part torchrun_nccl 55 av \
   '^distributed:|^student |^teacher |^effective batch|^epoch 0: loss|^training time|^checkpoint' \
