@@ -15,8 +15,10 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" requirements.txt
 OUT="${OUT:-demo_output}"
-# Same seed, same numbers on any machine with 2 cores or more, loaded or not: every item is
-# drawn from (seed, epoch, index) and the CPU thread count is fixed (reproducibility.py).
+# Same seed, same numbers on the same CPU model, loaded or not: every item is drawn from
+# (seed, epoch, index) and the CPU thread count is fixed (reproducibility.py). Another CPU
+# model (e.g. AVX-512 against AVX2 only) may run other float kernels and give other, equally
+# valid numbers; the demo prints the CPU it ran on.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" MKL_DYNAMIC="${MKL_DYNAMIC:-FALSE}" \
   OMP_DYNAMIC="${OMP_DYNAMIC:-FALSE}"
 VIDEOS=tests/data/videos
@@ -26,6 +28,9 @@ STUDENT_EPOCHS="${STUDENT_EPOCHS:-20}"
 MVD_EPOCHS="${MVD_EPOCHS:-10}"
 mkdir -p "$OUT/data"
 START=$(date +%s)
+echo "[demo] CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, \
+$(grep -o -w -E 'avx512_bf16|amx_bf16|avx512f|avx2' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')\
+threads ${OMP_NUM_THREADS}"
 
 # Pre-training list: every bundled clip (the corrupted one too: it is skipped and counted),
 # each listed 4 times so an epoch sees several random windows and crops of it.
