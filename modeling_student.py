@@ -28,6 +28,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from timm.layers import Mlp, trunc_normal_
 
 from modeling_encoder import Block, VideoViTEncoder, init_pretrain_weights, position_table
@@ -96,11 +97,16 @@ class Decoder(nn.Module):
     ``[visible, mask tokens]``, a norm, and a linear head giving ``out_dim`` values per hidden
     token. VideoMAE's pixel decoder (``out_dim = tubelet * patch * patch * 3``) and MVD's
     feature decoders (``out_dim`` = a teacher's width) are instances; the student holds each
-    one's input map, mask token and position table (:data:`DECODER_PARTS`)."""
+    one's input map, mask token and position table (:data:`DECODER_PARTS`).
+
+    ``use_checkpoint``: recompute each block in the backward (activation checkpointing), as
+    VideoMAE's and MVD's decoders do under ``--use_checkpoint``.
+    """
 
     def __init__(self, out_dim, embed_dim=384, depth=4, num_heads=6, mlp_ratio=4.0,
-                 qkv_bias=True, drop_path_rate=0.0):
+                 qkv_bias=True, drop_path_rate=0.0, use_checkpoint=False):
         super().__init__()
+        self.use_checkpoint = use_checkpoint
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias,
                                           drop_path=dpr[i]) for i in range(depth))
@@ -110,7 +116,10 @@ class Decoder(nn.Module):
     def forward(self, x, num_hidden):
         """``x [B, N_vis + N_hidden, D_dec]`` (hidden last) -> ``[B, N_hidden, out_dim]``."""
         for blk in self.blocks:
-            x = blk(x)
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         return self.head(self.norm(x[:, -num_hidden:]))
 
 
@@ -129,7 +138,8 @@ class PretrainVisionTransformer(nn.Module):
     """Student for MMKD distillation, VideoMAE pre-training and MVD distillation.
 
     Args:
-        encoder_kwargs: arguments of :class:`VideoViTEncoder` (sizes, drop_path, ...); its
+        encoder_kwargs: arguments of :class:`VideoViTEncoder` (sizes, drop_path,
+            ``use_checkpoint``, which the decoders follow too, ...); its
             ``pos_embed`` (the fixed table) is every decoder's table too.
         decoder_depth: pixel-decoder blocks (``--decoder_depth``); 0 = no pixel decoder.
         decoder_embed_dim, decoder_num_heads: pixel-decoder sizes.
@@ -198,7 +208,8 @@ class PretrainVisionTransformer(nn.Module):
         token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         trunc_normal_(token, std=0.02, a=-0.02, b=0.02)  # VideoMAE and MVD cut at +-std
         setattr(self, token_name, token)
-        decoder = Decoder(out_dim, embed_dim, depth, num_heads, drop_path_rate=drop_path_rate)
+        decoder = Decoder(out_dim, embed_dim, depth, num_heads, drop_path_rate=drop_path_rate,
+                          use_checkpoint=self.encoder.use_checkpoint)
         decoder.apply(init_pretrain_weights)
         setattr(self, decoder_name, decoder)
         self.decoders.append(name)
@@ -230,7 +241,10 @@ class PretrainVisionTransformer(nn.Module):
         return self.encoder.get_num_layers()
 
     def set_grad_checkpointing(self, enable=True):
+        """Activation checkpointing of the encoder's and every decoder's blocks."""
         self.encoder.set_grad_checkpointing(enable)
+        for name in self.decoders:
+            getattr(self, DECODER_PARTS[name][3]).use_checkpoint = enable
 
     def forward(self, x, bool_masked_pos):
         """``x [B, 3, T, H, W]``, ``bool_masked_pos [B, N]`` -> :class:`StudentOutput`."""

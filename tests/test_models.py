@@ -211,3 +211,37 @@ def test_initialisation_follows_the_reference_code_bases():
     assert abs(qkv.std().item() / 0.02 - 1) < 0.05 and not c.blocks[0].mlp.fc1.bias.any()
     assert abs(c.head.weight.std().item() / 0.01 - 1) < 0.1 and not c.head.bias.any()
     assert _torch_default(c.patch_embed.proj)
+
+
+def test_activation_checkpointing_covers_the_decoders():
+    """``--use_checkpoint`` recomputes the pixel and MVD feature decoders' blocks too (as
+    VideoMAE's and MVD's decoders do), with the same outputs and gradients."""
+    torch.manual_seed(0)
+    s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1,
+                       feature_dims={"img_feat": 64, "vid_feat": 48}, feat_decoder_depth=1,
+                       use_checkpoint=True, **GEOM)
+    decoders = [s.decoder, s.decoder_img, s.decoder_vid]
+    assert all(d.use_checkpoint for d in decoders)
+    calls = []
+    for d in decoders:
+        # a pre-hook: the recomputation stops once it has what the backward needs
+        d.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    x, m = torch.randn(2, 3, 4, 32, 32), masks(s)
+
+    def run():
+        s.zero_grad()
+        calls.clear()
+        out = s(x, m)
+        (out.pixels.sum() + out.img_feat.sum() + out.vid_feat.sum()).backward()
+        return out, {n: p.grad.clone() for n, p in s.named_parameters() if p.grad is not None}
+
+    out_cp, g_cp = run()
+    assert len(calls) == 6  # each decoder block ran again in the backward
+    s.set_grad_checkpointing(False)
+    assert not any(d.use_checkpoint for d in decoders)
+    out, g = run()
+    assert len(calls) == 3
+    torch.testing.assert_close(out_cp.pixels, out.pixels)
+    assert g_cp.keys() == g.keys() and any(k.startswith("decoder_img.") for k in g)
+    for k in g:
+        torch.testing.assert_close(g_cp[k], g[k], atol=1e-5, rtol=1e-4)
