@@ -713,6 +713,7 @@ def _load_cnn(model, ckpt, source, strict=False):
     set)."""
     layout, state = modeling_tpn.checkpoint_filter_fn(unwrap_state_dict(ckpt))
     print(f"{source}: {layout} CNN checkpoint layout")
+    adopt_tsm_shift(model, ckpt, source, layout)
     if strict:
         return load_weights(model, state, source)
     own = model.state_dict()
@@ -721,6 +722,33 @@ def _load_cnn(model, ckpt, source, strict=False):
         del state[k]
     return load_weights(model, state, source, allow_missing=(r"(?!backbone\.)",),
                         allow_unexpected=(r"(?!backbone\.)",))
+
+
+def adopt_tsm_shift(model, ckpt, source, layout=None):
+    """Give a TSM classifier the shift place its checkpoint was trained with
+    (``modeling_tpn.checkpoint_shift_place``) and print which it uses; like the position
+    table, the checkpoint's word wins over ``--tsm_shift`` (the other place gives other
+    features from the same weights). Nothing for other models.
+
+    Returns:
+        the place the model uses now, or None (not a TSM model).
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, modeling_tpn.TSMResNet):
+        return None
+    if layout is None:
+        layout = modeling_tpn.checkpoint_layout(unwrap_state_dict(ckpt))
+    place, evidence = modeling_tpn.checkpoint_shift_place(ckpt, layout)
+    own = backbone.shift_place
+    if place is None:
+        print(f"TSM shift: {own} (--tsm_shift); {source} records none")
+    elif place != own:
+        backbone.set_shift_place(place)
+        print(f"TSM shift: {modeling_tpn.TSM_SHIFT_PLACES[place]}, from {evidence} of "
+              f"{source}, instead of --tsm_shift {own}")
+    else:
+        print(f"TSM shift: {modeling_tpn.TSM_SHIFT_PLACES[place]}, from {evidence} of {source}")
+    return backbone.shift_place
 
 
 def load_imagenet_init(model, path):

@@ -127,14 +127,17 @@ def create_classifier(name, num_classes=400, fc_drop_rate=None, init_scale=0.001
 
     ``fc_drop_rate``: dropout before the head; None = the family's recipe (ViT 0, CNN 0.5).
     ``init_scale``: the ViT's new head is scaled by it (``--init_scale``).
-    ``kwargs``: as in :func:`create_student`; a CNN reads ``num_frames`` and
-    ``use_checkpoint`` only (it takes any input size, has no drop path and no position
-    table). Raises ValueError for an unknown name.
+    ``kwargs``: as in :func:`create_student`, plus ``tsm_shift`` (the TSM backbones' shift
+    place, ``modeling_tpn.TSM_SHIFT_PLACES``; None = residual; a ViT ignores it). A CNN reads
+    ``num_frames``, ``use_checkpoint`` and ``tsm_shift`` only (it takes any input size, has no
+    drop path and no position table). Raises ValueError for an unknown name.
     """
     if name in CNN_CONFIGS:
         return create_cnn(name, num_classes, kwargs.get("num_frames", 8),
                           0.5 if fc_drop_rate is None else fc_drop_rate,
-                          kwargs.get("use_checkpoint", False))
+                          kwargs.get("use_checkpoint", False),
+                          kwargs.get("tsm_shift") or "residual")
     arch = _arch(name, CLASSIFIER_MODELS, "--model")
+    kwargs.pop("tsm_shift", None)
     return VisionTransformer(num_classes=num_classes, fc_drop_rate=fc_drop_rate or 0.0,
                              init_scale=init_scale, **_encoder_kwargs(arch, **kwargs))

@@ -14,8 +14,11 @@ Recognition", CVPR 2020) on a slow-only 3-D ResNet or a TSM ResNet, and those ba
     times and divided by ``kt``, so a static clip gives the 2-D network's features.
   * :class:`TSMResNet` (Lin et al., "TSM", ICCV 2019): the 2-D network on every frame, the
     ``conv1`` of every block shifting 1/8 of its input channels one frame back in time and
-    1/8 one frame forward first (:func:`temporal_shift`; "residual shift": the shortcut sees
-    the unshifted input).
+    1/8 one frame forward first (:func:`temporal_shift`). Where the shifted input also goes
+    is the ``shift_place`` (:data:`TSM_SHIFT_PLACES`): ``'residual'`` (TSM's own code and
+    mmaction2: the shortcut sees the unshifted input) or ``'inplace'`` (decisionforce/TPN's
+    default ``tsm_position``: the projection shortcut of each stage's first block sees the
+    shifted input too). Published weights need the place they were trained with.
 
 - :class:`TPN`, the neck (Sec. 3) over res4 (1024 channels) and res5 (2048): spatial semantic
   modulation (res4: a ``(1, 3, 3)`` stride-2 conv to 2048 channels + BN + ReLU; res5 as is),
@@ -176,17 +179,27 @@ def temporal_shift(x, num_segments, fold_div=8):
 
 class TemporalShiftConv2d(nn.Conv2d):
     """A ``Conv2d`` that applies :func:`temporal_shift` to its input first (same parameters
-    and state-dict keys as the convolution it replaces)."""
+    and state-dict keys as the convolution it replaces); with ``shift=False`` a plain
+    convolution (a projection shortcut under TSM's residual shift, :class:`TSMResNet`)."""
 
-    def __init__(self, conv, num_segments, fold_div=8):
+    def __init__(self, conv, num_segments, fold_div=8, shift=True):
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                          conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                          conv.padding_mode)
         self.load_state_dict(conv.state_dict())
-        self.num_segments, self.fold_div = num_segments, fold_div
+        self.num_segments, self.fold_div, self.shift = num_segments, fold_div, shift
 
     def forward(self, x):
-        return super().forward(temporal_shift(x, self.num_segments, self.fold_div))
+        return super().forward(temporal_shift(x, self.num_segments, self.fold_div)
+                               if self.shift else x)
+
+
+# Where TSM's shifted input goes besides each block's conv1 (``--tsm_shift``).
+TSM_SHIFT_PLACES = {
+    "residual": "residual shift (TSM's and mmaction2's: the shortcut sees the unshifted input)",
+    "inplace": "in-place shift (decisionforce/TPN's: each stage's projection shortcut sees the "
+               "shifted input too)",
+}
 
 
 class TSMResNet(_ResNetStages):
@@ -197,18 +210,37 @@ class TSMResNet(_ResNetStages):
         depth (int): 50 or 101.
         num_segments (int): frames per clip ``T`` (TSN segments), fixed by the shift.
         use_checkpoint (bool): activation checkpointing per residual block.
+        shift_place (str): one of :data:`TSM_SHIFT_PLACES`. The projection shortcut's conv
+            (``downsample.0``) is a :class:`TemporalShiftConv2d` that shifts only
+            ``'inplace'``, which equals decisionforce/TPN's ``downsample(shifted x)``.
     Call: ``[B, 3, T, H, W] -> [res4 [B, 1024, T, H/16, W/16], res5 [B, 2048, T, H/32, W/32]]``.
     Raises:
-        ValueError: a clip of another number of frames than ``num_segments``.
+        ValueError: a clip of another number of frames than ``num_segments``; an unknown
+            ``shift_place``.
     """
 
-    def __init__(self, depth=50, num_segments=8, use_checkpoint=False):
+    def __init__(self, depth=50, num_segments=8, use_checkpoint=False, shift_place="residual"):
         net = _resnet2d(depth)
         for stage in RES_STAGES:
             for block in getattr(net, stage):
                 block.conv1 = TemporalShiftConv2d(block.conv1, num_segments)
+                if block.downsample is not None:
+                    block.downsample[0] = TemporalShiftConv2d(block.downsample[0], num_segments,
+                                                              shift=False)
         super().__init__(net, use_checkpoint)
         self.num_segments = num_segments
+        self.set_shift_place(shift_place)
+
+    def set_shift_place(self, place):
+        """Move the shift to ``place`` (:data:`TSM_SHIFT_PLACES`); the parameters stay the same
+        objects (an optimizer built on them is unaffected)."""
+        if place not in TSM_SHIFT_PLACES:
+            raise ValueError(f"--tsm_shift {place!r}: expected one of {sorted(TSM_SHIFT_PLACES)}")
+        for stage in RES_STAGES:
+            for block in getattr(self, stage):
+                if block.downsample is not None:
+                    block.downsample[0].shift = place == "inplace"
+        self.shift_place = place
 
     def forward(self, x):
         b, c, t, h, w = x.shape
@@ -484,11 +516,14 @@ def tpn_rates(depth, num_frames):
     return (max(num_frames // 2, 1), num_frames) if depth == 101 else (num_frames, num_frames)
 
 
-def create_cnn(name, num_classes=400, num_frames=8, dropout=0.5, use_checkpoint=False):
+def create_cnn(name, num_classes=400, num_frames=8, dropout=0.5, use_checkpoint=False,
+               tsm_shift="residual"):
     """The CNN classifier ``name`` (one of :data:`CNN_CONFIGS`), randomly initialised.
 
     Args:
         num_frames (int): frames per clip: the TSM segments and the neck's temporal rates.
+        tsm_shift (str): the TSM backbones' shift place (:data:`TSM_SHIFT_PLACES`); ignored by
+            the slow-only ones.
     Raises:
         ValueError: an unknown name.
     """
@@ -496,7 +531,8 @@ def create_cnn(name, num_classes=400, num_frames=8, dropout=0.5, use_checkpoint=
         raise ValueError(f"--model {name!r} is not a known CNN; choose from {sorted(CNN_CONFIGS)}")
     kind, depth, with_tpn = CNN_CONFIGS[name]
     backbone = (SlowOnlyResNet(depth, use_checkpoint=use_checkpoint) if kind == "slowonly"
-                else TSMResNet(depth, num_frames, use_checkpoint=use_checkpoint))
+                else TSMResNet(depth, num_frames, use_checkpoint=use_checkpoint,
+                               shift_place=tsm_shift))
     neck = TPN(num_classes, tpn_rates(depth, num_frames)) if with_tpn else None
     return VideoResNetClassifier(backbone, neck, num_classes, dropout)
 
@@ -580,6 +616,28 @@ def checkpoint_filter_fn(state):
             key = re.sub(pattern, repl, key)
         out[key] = value
     return layout, out
+
+
+def checkpoint_shift_place(ckpt, layout):
+    """The TSM shift place (:data:`TSM_SHIFT_PLACES`) a CNN checkpoint was trained with, and
+    the evidence, or ``(None, None)`` when it does not tell.
+
+    mmaction2's files use the residual shift (``shift_place='blockres'``); decisionforce/TPN's
+    (its neck layout, or its mmcv ``{'meta', 'state_dict'}`` wrapper around torchvision keys
+    for the baselines) the in-place one (its default ``tsm_position``); ours record
+    ``tsm_shift`` in their saved arguments.
+
+    Args:
+        ckpt: the loaded checkpoint (with its wrapper); layout: :func:`checkpoint_layout`'s.
+    """
+    if layout == "mmaction2":
+        return "residual", "mmaction2's layout"
+    if layout == "original" or (isinstance(ckpt, dict) and "state_dict" in ckpt
+                                and "meta" in ckpt and "model" not in ckpt):
+        return "inplace", "decisionforce/TPN's layout"
+    args = ckpt.get("args") if isinstance(ckpt, dict) else None
+    place = args.get("tsm_shift") if isinstance(args, dict) else getattr(args, "tsm_shift", None)
+    return (place, "its saved arguments") if place in TSM_SHIFT_PLACES else (None, None)
 
 
 def imagenet_to_backbone(state, backbone):

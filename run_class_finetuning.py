@@ -35,9 +35,9 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import distributed as du
-from checkpoint import (CheckpointWriteError, adopt_position_table, checkpoint_candidates,
-                        first_loadable, latest_checkpoint, load_imagenet_init, load_pretrained,
-                        load_resume_checkpoint,
+from checkpoint import (CheckpointWriteError, adopt_position_table, adopt_tsm_shift,
+                        checkpoint_candidates, first_loadable, latest_checkpoint,
+                        load_imagenet_init, load_pretrained, load_resume_checkpoint,
                         save_checkpoint, unwrap_state_dict)
 from datasets import DATA_SETS
 from deepspeed_utils import (add_deepspeed_args, build_deepspeed_config, init_deepspeed,
@@ -48,6 +48,7 @@ from flag_checks import check_flags
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, CNN_MODELS, create_classifier
 from modeling_encoder import POS_EMBED_TABLES, compile_blocks
+from modeling_tpn import TSM_SHIFT_PLACES, TSMResNet
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
 from reproducibility import all_rng_states, resume_rng_state
@@ -72,6 +73,10 @@ def get_args_parser():
     a("--imagenet_init", default="", help="CNNs: torchvision ImageNet ResNet weights (a "
       "resnet50/resnet101 .pth state dict) to initialise the backbone, inflated to 3-D; "
       "empty = random")
+    a("--tsm_shift", default="residual", choices=sorted(TSM_SHIFT_PLACES),
+      help="TSM backbones: residual = TSM's and mmaction2's shift (the shortcut sees the "
+      "unshifted input), inplace = decisionforce/TPN's (each stage's projection shortcut sees "
+      "the shifted input); a checkpoint's layout or recorded setting overrides this")
     a("--input_size", type=int, default=224, help="clip height = width in pixels")
     a("--num_frames", type=int, default=16)
     a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
@@ -149,6 +154,8 @@ def resolve_args(args, model):
     args.token_grid = list(model.patch_embed.grid_size) if not cnn else None
     # as loaded: checkpoints record the table used (a CNN has none)
     args.pos_embed = model.pos_embed_type if not cnn else None
+    args.tsm_shift = (model.backbone.shift_place
+                      if isinstance(getattr(model, "backbone", None), TSMResNet) else None)
     scale_lrs(args)
     args.mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     if args.mixup_active and not args.eval and args.batch_size * args.num_sample % 2:
@@ -163,7 +170,8 @@ def build_model(args):
                               fc_drop_rate=args.fc_drop_rate, init_scale=args.init_scale,
                               img_size=args.input_size,
                               num_frames=args.num_frames, drop_path_rate=args.drop_path,
-                              use_checkpoint=args.use_checkpoint, pos_embed=args.pos_embed)
+                              use_checkpoint=args.use_checkpoint, pos_embed=args.pos_embed,
+                              tsm_shift=args.tsm_shift)
     if args.imagenet_init:
         if args.model not in CNN_MODELS:
             raise ValueError(f"--imagenet_init initialises the CNNs ({', '.join(CNN_MODELS)}), "
@@ -278,6 +286,7 @@ def _resume(args, model, optimizer=None, scaler=None):
         return None
     if hasattr(model, "pos_embed_type"):  # a ViT: the table the checkpoint was trained with
         args.pos_embed = adopt_position_table(model, ckpt, path)
+    args.tsm_shift = adopt_tsm_shift(model, ckpt, path)  # a TSM CNN: the shift it had
     try:
         model.load_state_dict(unwrap_state_dict(ckpt))
     except RuntimeError as e:

@@ -133,9 +133,11 @@ TPN_RECIPE=(
 # Kinetics-400: dense FxS sampling, wd 1e-4, clip 40; test 10 clips x 3 crops + flip
 TPN_K400=(--data_set Kinetics-400 --nb_classes 400 --weight_decay 1e-4 --clip_grad 40
           --test_num_segment 10 --test_flip)
-# Something-Something V1/V2: TSM on 8 TSN segments, wd 5e-4, clip 20; test 16 frames as 2
-# clips of 8 (TSN's 2 test views: the frames ::2 and 1::2) x 3 crops
-TPN_SS=(--nb_classes 174 --num_frames 8 --weight_decay 5e-4 --clip_grad 20 --test_num_segment 2)
+# Something-Something V1/V2: TSM on 8 TSN segments with TPN's in-place shift (its default
+# tsm_position: each stage's projection shortcut sees the shifted input), wd 5e-4, clip 20;
+# test 16 frames as 2 clips of 8 (TSN's 2 test views: the frames ::2 and 1::2) x 3 crops
+TPN_SS=(--nb_classes 174 --num_frames 8 --tsm_shift inplace --weight_decay 5e-4 --clip_grad 20
+        --test_num_segment 2)
 
 # FXS=FxS (frames x sampling rate) of the Kinetics runs -> FXS_FLAGS; 16x4 and 32x2 with
 # activation checkpointing, as TPN's configs (with_cp)

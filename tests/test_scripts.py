@@ -305,8 +305,8 @@ TPN_COMMON = dict(opt="sgd", momentum=0.9, lr=0.01, sched="multistep", decay_mil
                   data_path="/data/set dir", output_dir="/out/run", finetune="")
 TPN_K400 = dict(data_set="Kinetics-400", nb_classes=400, weight_decay=1e-4, clip_grad=40.0,
                 test_num_segment=10, test_flip=True)
-TPN_SS = dict(nb_classes=174, num_frames=8, weight_decay=5e-4, clip_grad=20.0,
-              test_num_segment=2, test_flip=False)
+TPN_SS = dict(nb_classes=174, num_frames=8, tsm_shift="inplace", weight_decay=5e-4,
+              clip_grad=20.0, test_num_segment=2, test_flip=False)
 FXS = {"8x8": (8, 8, False), "16x4": (16, 4, True), "32x2": (32, 2, True)}
 
 

@@ -15,7 +15,7 @@ import torch
 import torchvision
 
 import run_class_finetuning as rcf
-from checkpoint import load_imagenet_init, load_pretrained, save_checkpoint
+from checkpoint import adopt_tsm_shift, load_imagenet_init, load_pretrained, save_checkpoint
 from conftest import VIDEOS
 from datasets import build_dataset, load_frames, tsn_sample_indices
 from datasets.annotations import convert_ssv1
@@ -190,12 +190,72 @@ def test_temporal_shift_equals_a_loop_over_channels():
                 else:
                     ref[b, f, ch] = xv[b, f, ch]
     assert torch.equal(out, ref.view(n * t, c, 3, 4))
-    # in TSM ResNet-50: every block's conv1 shifts; keys stay torchvision's
+    # in TSM ResNet-50: every block's conv1 shifts (and, in place, each stage's projection
+    # shortcut); keys stay torchvision's
     model = meta_model("tsm_r50", num_classes=3, num_frames=8)
-    shifted = [n for n, m in model.backbone.named_modules() if isinstance(m, TemporalShiftConv2d)]
-    assert len(shifted) == 16 and all(n.endswith(".conv1") for n in shifted)
+    for place, extra in (("residual", 0), ("inplace", 4)):
+        model.backbone.set_shift_place(place)
+        shifted = [n for n, m in model.backbone.named_modules()
+                   if isinstance(m, TemporalShiftConv2d) and m.shift]
+        assert len(shifted) == 16 + extra
+        assert all(n.endswith((".conv1", ".downsample.0")) for n in shifted)
     tv_keys = set(torchvision.models.resnet50().state_dict()) - {"fc.weight", "fc.bias"}
     assert set(model.backbone.state_dict()) == tv_keys
+
+
+def tpn_repo_tsm_backbone(backbone, clip, position):
+    """decisionforce/TPN's TSM ResNet forward (its ``Bottleneck`` with ``tsm=True``), written
+    here from its description with our module's weights: the shift by slicing into zeros,
+    ``downsample(shifted)`` for ``tsm_position='inplace'``, ``downsample(x)`` for
+    ``'residual'``; returns res4 and res5 as ``[B, C, T, h, w]``."""
+    b, c, t, h, w = clip.shape
+
+    def conv(m, x):  # the module's weights, applied without its (shifting) forward
+        return torch.nn.functional.conv2d(x, m.weight, m.bias, m.stride, m.padding)
+
+    def shift(x):
+        nt, ch, hh, ww = x.shape
+        x = x.view(nt // t, t, ch, hh, ww)
+        fold = ch // 8
+        out = torch.zeros_like(x)
+        out[:, :-1, :fold] = x[:, 1:, :fold]
+        out[:, 1:, fold:2 * fold] = x[:, :-1, fold:2 * fold]
+        out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
+        return out.view(nt, ch, hh, ww)
+
+    x = clip.transpose(1, 2).reshape(b * t, c, h, w)
+    x = backbone.maxpool(backbone.relu(backbone.bn1(conv(backbone.conv1, x))))
+    feats = []
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for blk in getattr(backbone, stage):
+            identity, xs = x, shift(x)
+            out = blk.relu(blk.bn1(conv(blk.conv1, xs)))
+            out = blk.relu(blk.bn2(conv(blk.conv2, out)))
+            out = blk.bn3(conv(blk.conv3, out))
+            if blk.downsample is not None:
+                src = xs if position == "inplace" else identity
+                identity = blk.downsample[1](conv(blk.downsample[0], src))
+            x = blk.relu(out + identity)
+        if stage in ("layer3", "layer4"):
+            feats.append(x.view(b, t, *x.shape[1:]).transpose(1, 2))
+    return feats
+
+
+def test_tsm_shift_places_equal_the_tpn_repository_forward():
+    torch.manual_seed(0)
+    model = randomise_norms_(create_cnn("tsm_r50", num_classes=3, num_frames=4)).eval()
+    clip = torch.randn(2, 3, 4, 32, 32)
+    outs = {}
+    with torch.no_grad():
+        for place in ("residual", "inplace"):
+            model.backbone.set_shift_place(place)
+            outs[place] = model.backbone(clip)
+            for ours, ref in zip(outs[place], tpn_repo_tsm_backbone(model.backbone, clip, place)):
+                torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    # the two places give other features from the same weights
+    assert (outs["residual"][1] - outs["inplace"][1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="--tsm_shift 'blockres'"):
+        model.backbone.set_shift_place("blockres")
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,9 +397,13 @@ def test_external_checkpoint_layouts_load_strictly_with_the_same_outputs(tmp_pat
     tsm = meta_model("tsm_r50_tpn", num_classes=5, num_frames=8)
     tsm_mm = to_mmaction2(tsm.state_dict(), True)
     assert "backbone.layer3.5.conv1.conv.net.weight" in tsm_mm
-    for layout, sd in (("mmaction2", tsm_mm), ("original", to_original(tsm.state_dict()))):
+    # and each layout sets the shift place it was trained with, whatever --tsm_shift said
+    for layout, sd, place in (("mmaction2", tsm_mm, "residual"),
+                              ("original", to_original(tsm.state_dict()), "inplace")):
         assert checkpoint_layout(sd) == layout
+        tsm.backbone.set_shift_place("inplace" if place == "residual" else "residual")
         load_pretrained(tsm, {"state_dict": sd}, layout, strict=True)
+        assert tsm.backbone.shift_place == place, layout
     # fine-tuning on another data set: the 5-class heads are new, the rest loads
     other = meta_model("tpn_r50", num_classes=7, num_frames=4)
     missing, unexpected = load_pretrained(other, files["original"], "original")
@@ -352,6 +416,31 @@ def test_external_checkpoint_layouts_load_strictly_with_the_same_outputs(tmp_pat
     del files["ours"]["model"]["backbone.layer2.0.conv2.weight"]
     with pytest.raises(ValueError, match=r"missing \(1\): backbone\.layer2\.0\.conv2\.weight"):
         load_pretrained(baseline, files["ours"], "ours")
+
+
+def test_tsm_shift_follows_the_checkpoint(tmp_path, capsys):
+    model = meta_model("tsm_r50", num_classes=3, num_frames=8)
+    state = model.state_dict()
+    cases = [({"model": state, "args": {"tsm_shift": "inplace"}}, "inplace", "saved arguments"),
+             ({"model": state, "args": argparse.Namespace(tsm_shift="residual")}, "residual",
+              "saved arguments"),
+             ({"meta": {"epoch": 150}, "state_dict": state}, "inplace", "decisionforce/TPN"),
+             ({"model": state}, "inplace", "records none")]  # the model's own stays
+    for ckpt, place, said in cases:
+        assert adopt_tsm_shift(model, ckpt, "f.pth") == place
+        assert model.backbone.shift_place == place and said in capsys.readouterr().out
+    assert adopt_tsm_shift(meta_model("slowonly_r50", num_classes=3), {"model": {}}, "f") is None
+    # the fine-tuning script builds with --tsm_shift and records the place in its arguments
+    args = _args(tmp_path, "--model", "tsm_r50", "--tsm_shift", "inplace", "--num_frames", "8",
+                 "--mixup", "0", "--cutmix", "0")
+    with torch.device("meta"):
+        built = rcf.build_model(args)
+    rcf.resolve_args(args, built)
+    assert built.backbone.shift_place == "inplace" and args.tsm_shift == "inplace"
+    vit = _args(tmp_path, "--model", "vit_tiny_patch16_224", "--input_size", "32",
+                "--num_frames", "4", "--mixup", "0", "--cutmix", "0")
+    rcf.resolve_args(vit, rcf.build_model(vit))
+    assert vit.tsm_shift is None
 
 
 def test_unknown_checkpoint_layout_is_a_clear_error(tmp_path):
