@@ -332,6 +332,9 @@ def _resume_deepspeed(args, engine):
 
     path, client = first_loadable(tags, load)
     args.start_epoch = client["epoch"] + 1
+    # a TSM CNN: the shift the run was trained with, from its recorded arguments
+    args.tsm_shift = adopt_tsm_shift(engine.module, {"args": client.get("args")}, path,
+                                     layout="ours")
     print(f"resumed from {path} (epoch {client['epoch']} done)")
     return path
 
