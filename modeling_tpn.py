@@ -631,13 +631,13 @@ def checkpoint_shift_place(ckpt, layout):
         ckpt: the loaded checkpoint (with its wrapper); layout: :func:`checkpoint_layout`'s.
     """
     if layout == "mmaction2":
-        return "residual", "mmaction2's layout"
+        return "residual", "the mmaction2 layout"
     if layout == "original" or (isinstance(ckpt, dict) and "state_dict" in ckpt
                                 and "meta" in ckpt and "model" not in ckpt):
-        return "inplace", "decisionforce/TPN's layout"
+        return "inplace", "the decisionforce/TPN layout"
     args = ckpt.get("args") if isinstance(ckpt, dict) else None
     place = args.get("tsm_shift") if isinstance(args, dict) else getattr(args, "tsm_shift", None)
-    return (place, "its saved arguments") if place in TSM_SHIFT_PLACES else (None, None)
+    return (place, "the saved arguments") if place in TSM_SHIFT_PLACES else (None, None)
 
 
 def imagenet_to_backbone(state, backbone):
