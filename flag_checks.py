@@ -77,6 +77,7 @@ FLAG_RANGES = {
     "feat_decoder_depth": AT_LEAST_1, "feat_decoder_embed_dim": AT_LEAST_1,
     "feat_decoder_num_heads": AT_LEAST_1, "distillation_target_dim": AT_LEAST_1,
     "video_distillation_target_dim": AT_LEAST_1, "teacher_input_size": AT_LEAST_1,
+    "video_teacher_input_size": AT_LEAST_1,
     "image_teacher_loss_weight": AT_LEAST_0, "video_teacher_loss_weight": AT_LEAST_0,
 }
 

@@ -65,6 +65,9 @@ def get_args_parser():
     a("--video_teacher_model_ckpt_path", default="",
       help="VideoMAE pre-training checkpoint (or any our loaders read); empty = random "
       "teacher, for smoke tests only")
+    a("--video_teacher_input_size", type=int, default=None,
+      help="frame size the video teacher sees (MVD's flag): --input_size, the default and the "
+      "only value allowed, since the video teacher's token grid is the student's")
     a("--video_distillation_target_dim", type=int, default=768,
       help="the video teacher's width (the video decoder's output)")
     a("--video_distill_loss_func", default="SmoothL1", choices=sorted(FEATURE_LOSSES))
@@ -95,6 +98,11 @@ def build_models(args):
         FileNotFoundError: a teacher file that is not there.
     """
     weights = loss_weights(args)
+    if args.video_teacher_input_size not in (None, args.input_size):
+        # MVD would feed the video teacher the image teacher's crops: another token grid
+        raise ValueError(f"--video_teacher_input_size {args.video_teacher_input_size} must equal "
+                         f"--input_size {args.input_size}: the video teacher sees the student's "
+                         f"clip")
     geometry = dict(img_size=args.input_size, num_frames=args.num_frames)
     video = image = None
     if weights.vid_feat > 0 or weights.uses_mmkd():

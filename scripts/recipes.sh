@@ -85,6 +85,21 @@ MVD_FROM_LARGE=(--image_teacher_model mae_teacher_vit_large_patch16 --distillati
 MVD_SMALL=(--model pretrain_masked_video_student_small_patch16_224 --batch_size 16 --update_freq 2)
 MVD_BASE=(--model pretrain_masked_video_student_base_patch16_224 --batch_size 16 --update_freq 2)
 MVD_BASE_FROM_LARGE=(--batch_size 8 --update_freq 4)
+# ViT-L from ViT-L teachers (mvd_vit_large_from_vit_large_teacher_epoch_{400,800}) and ViT-H
+# from ViT-H teachers (mvd_vit_huge_from_vit_huge_teacher_epoch_800): 8 clips x 2 accumulation
+# per GPU, feature decoders 4 deep, 512 wide (ViT-H: 8 deep, 640 wide, drop_path 0.2,
+# activation checkpointing), 8 heads; the 800-epoch scripts pass no --min_lr (their parser's
+# 1e-5). ViT-H's image teacher is MAE's ViT-H/14 on 196 px frames (the student's 14 x 14 grid).
+MVD_LARGE=(--model pretrain_masked_video_student_large_patch16_224 --batch_size 8 --update_freq 2
+           --decoder_depth 4 --feat_decoder_embed_dim 512 --feat_decoder_num_heads 8)
+MVD_HUGE=(--model pretrain_masked_video_student_huge_patch16_224 --batch_size 8 --update_freq 2
+          --decoder_depth 8 --feat_decoder_embed_dim 640 --feat_decoder_num_heads 8
+          --drop_path 0.2 --use_checkpoint)
+MVD_FROM_HUGE=(--image_teacher_model mae_teacher_vit_huge_patch14 --teacher_input_size 196
+               --distillation_target_dim 1280
+               --video_teacher_model pretrain_videomae_teacher_huge_patch16_224
+               --video_teacher_input_size 224 --video_distillation_target_dim 1280)
+MVD_800=(--epochs 801 --min_lr 1e-5)
 
 # Fine-tuning of MVD students (the published finetune_on_{k400,ssv2}.sh and their parser's
 # defaults): AdamW (0.9, 0.999), wd 0.05, layer decay 0.75, warm-up 5, min lr 1e-6 per 256,
@@ -105,6 +120,14 @@ FT_MVD_K400=(--data_set Kinetics-400 --nb_classes 400 --sampling_rate 4 --test_n
              --lr 5e-4)
 FT_MVD_K400_SMALL=(--model vit_small_patch16_224 --batch_size 12 --update_freq 2 --epochs 150)
 FT_MVD_K400_BASE=(--model vit_base_patch16_224 --batch_size 6 --update_freq 2 --epochs 75)
+# ViT-L and ViT-H (both data sets): dropout 0.5 before the head, drop_path 0.3, activation
+# checkpointing; K400 lr 1e-3 for 50 epochs, ViT-L 16 clips per GPU (the 400-epoch model's
+# script accumulates 2 x 8 without checkpointing: the same 16 clips per update), ViT-H 8.
+FT_MVD_LARGE_HUGE=(--fc_drop_rate 0.5 --drop_path 0.3 --use_checkpoint)
+FT_MVD_K400_LARGE=(--model vit_large_patch16_224 --batch_size 16 --update_freq 1 --lr 1e-3
+                   --epochs 50)
+FT_MVD_K400_HUGE=(--model vit_huge_patch16_224 --batch_size 8 --update_freq 1 --lr 1e-3
+                  --epochs 50)
 # Something-Something V2: TSN sampling of 16 segments, no flip (DATA_SETS["SSV2"]), 2 x 3 test
 # views; ViT-S 12 clips per GPU on 32 GPUs, lr 1e-3, layer decay 0.7, 40 epochs; ViT-B 24 on
 # 16 GPUs (384 in all), lr 5e-4, 30 epochs, activation checkpointing.
@@ -113,6 +136,11 @@ FT_MVD_SSV2_SMALL=(--model vit_small_patch16_224 --batch_size 12 --update_freq 1
                    --layer_decay 0.7 --epochs 40)
 FT_MVD_SSV2_BASE=(--model vit_base_patch16_224 --batch_size 24 --update_freq 1 --lr 5e-4
                   --epochs 30 --use_checkpoint)
+# ViT-L 16 clips per GPU, ViT-H 8 with min lr 1e-5; lr 5e-4, 30 epochs
+FT_MVD_SSV2_LARGE=(--model vit_large_patch16_224 --batch_size 16 --update_freq 1 --lr 5e-4
+                   --epochs 30)
+FT_MVD_SSV2_HUGE=(--model vit_huge_patch16_224 --batch_size 8 --update_freq 1 --lr 5e-4
+                  --min_lr 1e-5 --epochs 30)
 
 # the shared launcher (srun / torchrun, DRY_RUN): see launch.sh
 LAUNCH="$(dirname "${BASH_SOURCE[0]}")/launch.sh"

@@ -491,6 +491,7 @@ def test_resume_from_an_mvd_file(mvd_file, anno, tmp_path, capsys):
      "--distillation_target_dim 768 differs from the width 384"),
     (["--video_distillation_target_dim", "96"], "--video_distillation_target_dim 96 differs"),
     (["--teacher_input_size", "48"], "--teacher_input_size 48"),
+    (["--video_teacher_input_size", "48"], "--video_teacher_input_size 48 must equal --input_size"),
     (["--video_teacher_model_ckpt_path", "no_such_teacher.pth"], "no_such_teacher.pth"),
     (["--image_teacher_model_ckpt_path", "no_such_mae.pth"], "no_such_mae.pth"),
     (["--image_teacher_loss_weight", "0", "--video_teacher_loss_weight", "0"], "no objective"),

@@ -13,7 +13,9 @@ from conftest import ROOT
 
 SCRIPTS = os.path.join(ROOT, "scripts")
 MVD_CONFIGS = [f"mvd_{s}_from_{t}_k400" for s in ("small", "base") for t in ("base", "large")] + \
-              [f"finetune_mvd_{s}_{d}" for s in ("small", "base") for d in ("k400", "ssv2")]
+              ["mvd_large_from_large_k400", "mvd_huge_from_huge_k400"] + \
+              [f"finetune_mvd_{s}_{d}" for s in ("small", "base", "large", "huge")
+               for d in ("k400", "ssv2")]
 CONFIGS = [f"kd_{s}_{d}" for s in ("small", "base") for d in ("k400", "ucf")] + \
           [f"finetune_{s}_{d}" for s in ("small", "base") for d in ("k400", "ucf", "hmdb")] + \
           MVD_CONFIGS
@@ -93,17 +95,46 @@ _MVD_S_STUDENT = dict(model="pretrain_masked_video_student_small_patch16_224", b
                       update_freq=2)
 _MVD_B_STUDENT = dict(model="pretrain_masked_video_student_base_patch16_224", batch_size=16,
                       update_freq=2)
+_MVD_H = dict(image_teacher_model="mae_teacher_vit_huge_patch14", distillation_target_dim=1280,
+              video_teacher_model="pretrain_videomae_teacher_huge_patch16_224",
+              video_distillation_target_dim=1280, teacher_input_size=196,
+              video_teacher_input_size=224)
+_MVD_L_STUDENT = dict(model="pretrain_masked_video_student_large_patch16_224", batch_size=8,
+                      update_freq=2, feat_decoder_depth=4, feat_decoder_embed_dim=512,
+                      feat_decoder_num_heads=8)
+_MVD_H_STUDENT = dict(model="pretrain_masked_video_student_huge_patch16_224", batch_size=8,
+                      update_freq=2, feat_decoder_depth=8, feat_decoder_embed_dim=640,
+                      feat_decoder_num_heads=8, drop_path=0.2, use_checkpoint=True)
+_MVD_800 = dict(epochs=801, min_lr=1e-5)  # the 800-epoch scripts: their parser's min_lr
 PUB_FT_MVD = dict(PUB_FT, opt_betas=[0.9, 0.999], min_lr=1e-6, warmup_lr=1e-6, layer_decay=0.75,
                   drop_path=0.1, fc_drop_rate=0.0, save_ckpt_freq=5, use_checkpoint=False)
 _MVD_K400 = dict(data_set="Kinetics-400", nb_classes=400, sampling_rate=4, test_num_segment=5,
                  lr=5e-4)
 _MVD_SSV2 = dict(data_set="SSV2", nb_classes=174, test_num_segment=2)
+_FT_MVD_LH = dict(fc_drop_rate=0.5, drop_path=0.3, use_checkpoint=True)
 PUBLISHED.update({
     "mvd_small_from_base_k400": (32, dict(PUB_MVD, **_MVD_B, **_MVD_S_STUDENT)),
     "mvd_small_from_large_k400": (32, dict(PUB_MVD, **_MVD_L, **_MVD_S_STUDENT)),
     "mvd_base_from_base_k400": (32, dict(PUB_MVD, **_MVD_B, **_MVD_B_STUDENT)),
     "mvd_base_from_large_k400": (32, dict(PUB_MVD, **_MVD_L, **dict(_MVD_B_STUDENT, batch_size=8,
                                                                     update_freq=4))),
+    # ViT-L: the 400-epoch script (EPOCHS=400, the default; EPOCHS=800 in its own test)
+    "mvd_large_from_large_k400": (32, dict(PUB_MVD, **_MVD_L, **_MVD_L_STUDENT)),
+    "mvd_huge_from_huge_k400": (32, dict(PUB_MVD, **_MVD_H, **_MVD_H_STUDENT, **_MVD_800)),
+    # ViT-L fine-tuning: the 800-epoch model's scripts (the 400-epoch K400 one accumulates
+    # 2 x 8 clips without checkpointing: the same 16 clips per GPU and update)
+    "finetune_mvd_large_k400": (32, dict(PUB_FT_MVD, **_MVD_K400) | dict(**_FT_MVD_LH,
+                                         model="vit_large_patch16_224", batch_size=16,
+                                         update_freq=1, lr=1e-3, epochs=50)),
+    "finetune_mvd_huge_k400": (32, dict(PUB_FT_MVD, **_MVD_K400) | dict(**_FT_MVD_LH,
+                                        model="vit_huge_patch16_224", batch_size=8,
+                                        update_freq=1, lr=1e-3, epochs=50)),
+    "finetune_mvd_large_ssv2": (16, dict(PUB_FT_MVD, **_MVD_SSV2) | dict(**_FT_MVD_LH,
+                                         model="vit_large_patch16_224", batch_size=16,
+                                         update_freq=1, lr=5e-4, epochs=30)),
+    "finetune_mvd_huge_ssv2": (16, dict(PUB_FT_MVD, **_MVD_SSV2) | dict(**_FT_MVD_LH,
+                                        model="vit_huge_patch16_224", batch_size=8,
+                                        update_freq=1, lr=5e-4, min_lr=1e-5, epochs=30)),
     "finetune_mvd_small_k400": (16, dict(PUB_FT_MVD, **_MVD_K400, model="vit_small_patch16_224",
                                          batch_size=12, update_freq=2, epochs=150)),
     "finetune_mvd_base_k400": (32, dict(PUB_FT_MVD, **_MVD_K400, model="vit_base_patch16_224",
@@ -202,6 +233,23 @@ def test_dry_run_gives_the_published_recipe(config):
     assert {getattr(args, p) for p in paths} <= set(PATHS.values())
     assert len({getattr(args, p) for p in paths}) == len(paths)
     assert args.data_path == "/data/set dir"
+
+
+def test_mvd_large_800_epochs():
+    """EPOCHS=800 of the ViT-L script: mvd_vit_large_from_vit_large_teacher_epoch_800's 801
+    epochs and its parser's min lr; any other EPOCHS is a one-line error."""
+    launcher, script, flags = split_command(dry_run("mvd_large_from_large_k400_slurm.sh",
+                                                    EPOCHS="800"))
+    args = parser_for(script).parse_args(flags)
+    _, _, want = expected("mvd_large_from_large_k400")
+    want.update(_MVD_800)
+    assert {k: getattr(args, k) for k in want} == want
+    assert "--job-name=mvd_large_from_large_k400_e800" in launcher
+    out = subprocess.run(["bash", os.path.join(SCRIPTS, "mvd_large_from_large_k400_slurm.sh")],
+                         env=dict(os.environ, DRY_RUN="1", EPOCHS="600"), capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
+    assert "EPOCHS=600" in out.stderr
 
 
 def method_md():
@@ -369,3 +417,22 @@ def test_mvd_scripts_follow_the_method_recipe():
     _, _, ks = parsed("finetune_mvd_small_k400")
     assert (kb.lr, kb.epochs, ks.epochs) == (float(k400[0]), int(k400[1]), int(k400[2]))
     assert (kb.sampling_rate, kb.test_num_segment, kb.test_num_crop) == (4, 5, 3)
+
+
+@pytest.mark.parametrize("config", ["mvd_large_from_large_k400", "mvd_huge_from_huge_k400"])
+def test_mvd_large_and_huge_scripts_build_their_models(config):
+    """The ViT-L and ViT-H runs' student and teachers fit each other (widths, token grids: the
+    ViT-H/14 image teacher on 196 px frames sees the student's 14 x 14 grid); built on the meta
+    device with random teachers (the weight files are not here)."""
+    import torch
+
+    import run_mvd_pretraining as rmvd
+    _, _, args = parsed(config)
+    args.image_teacher_model_ckpt_path = args.video_teacher_model_ckpt_path = ""
+    with torch.device("meta"):
+        student = rmvd.build_models(args)[0]
+    assert student.patch_embed.grid_size == (8, 14, 14)
+    assert student.decoder_img.head.out_features == args.distillation_target_dim
+    assert student.decoder_vid.head.out_features == args.video_distillation_target_dim
+    assert len(student.decoder_img.blocks) == args.feat_decoder_depth
+    assert student.decoder_vid.use_checkpoint == args.use_checkpoint

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Fine-tuning and 16x2x3 test of an MVD ViT-H on Something-Something V2 (TSN sampling, no flip); MODEL_PATH: its pre-training
+# checkpoint from mvd_huge_from_huge_k400_slurm.sh
+# (published: ruiwang2021/mvd scripts/mvd_vit_huge_from_vit_huge_teacher_epoch_800/finetune_on_ssv2.sh).
+# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=16] bash scripts/finetune_mvd_huge_ssv2_slurm.sh [extra flags]
+# Paths from the environment: DATA_PATH, OUTPUT_DIR, MODEL_PATH; launcher settings: see scripts/launch.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+: "${DATA_PATH:=data/ssv2}" "${OUTPUT_DIR:=output/finetune_mvd_huge_ssv2}" \
+  "${MODEL_PATH:=output/mvd_huge_from_huge_k400/checkpoint-799.pth}"
+GPUS="${GPUS:-16}" JOB_NAME="${JOB_NAME:-finetune_mvd_huge_ssv2}" exec "$LAUNCH" run_class_finetuning.py \
+  "${FT_MVD_RECIPE[@]}" "${FT_MVD_SSV2[@]}" "${FT_MVD_LARGE_HUGE[@]}" "${FT_MVD_SSV2_HUGE[@]}" --finetune "$MODEL_PATH" \
+  --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

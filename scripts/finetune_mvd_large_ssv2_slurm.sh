@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Fine-tuning and 16x2x3 test of an MVD ViT-L on Something-Something V2 (TSN sampling, no flip); MODEL_PATH: its pre-training
+# checkpoint from mvd_large_from_large_k400_slurm.sh (EPOCHS=400: output/mvd_large_from_large_k400/checkpoint-399.pth,
+# the default; EPOCHS=800: output/mvd_large_from_large_k400_e800/checkpoint-799.pth)
+# (published: ruiwang2021/mvd scripts/mvd_vit_large_from_vit_large_teacher_epoch_{400,800}/finetune_on_ssv2.sh).
+# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=16] bash scripts/finetune_mvd_large_ssv2_slurm.sh [extra flags]
+# Paths from the environment: DATA_PATH, OUTPUT_DIR, MODEL_PATH; launcher settings: see scripts/launch.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+: "${DATA_PATH:=data/ssv2}" "${OUTPUT_DIR:=output/finetune_mvd_large_ssv2}" \
+  "${MODEL_PATH:=output/mvd_large_from_large_k400/checkpoint-399.pth}"
+GPUS="${GPUS:-16}" JOB_NAME="${JOB_NAME:-finetune_mvd_large_ssv2}" exec "$LAUNCH" run_class_finetuning.py \
+  "${FT_MVD_RECIPE[@]}" "${FT_MVD_SSV2[@]}" "${FT_MVD_LARGE_HUGE[@]}" "${FT_MVD_SSV2_LARGE[@]}" --finetune "$MODEL_PATH" \
+  --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

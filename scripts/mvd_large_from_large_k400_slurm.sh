@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# MVD distillation on Kinetics-400: ViT-L student, ImageMAE ViT-L and VideoMAE ViT-L (K400, 1600 epochs) teachers,
+# EPOCHS=400 (default) or 800 (published: ruiwang2021/mvd scripts/mvd_vit_large_from_vit_large_teacher_epoch_{400,800}/pretrain_mvd_large_on_k400.sh).
+# Usage: [EPOCHS=400|800] [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] bash scripts/mvd_large_from_large_k400_slurm.sh [extra flags]
+# Paths from the environment: DATA_PATH, OUTPUT_DIR, IMAGE_TEACHER_PATH, VIDEO_TEACHER_PATH; launcher settings: see scripts/launch.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+EPOCHS="${EPOCHS:-400}"
+case "$EPOCHS" in
+  400) EPOCH_FLAGS=() RUN=mvd_large_from_large_k400 ;;
+  800) EPOCH_FLAGS=("${MVD_800[@]}") RUN=mvd_large_from_large_k400_e800 ;;
+  *) echo "error: EPOCHS=$EPOCHS: the published ViT-L runs are EPOCHS=400 or EPOCHS=800" >&2; exit 1 ;;
+esac
+: "${DATA_PATH:=data/k400/train.csv}" "${OUTPUT_DIR:=output/$RUN}" \
+  "${IMAGE_TEACHER_PATH:=checkpoints/mae_pretrain_vit_large.pth}" \
+  "${VIDEO_TEACHER_PATH:=checkpoints/videomae_large_k400_1600e.pth}"
+GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-$RUN}" exec "$LAUNCH" run_mvd_pretraining.py \
+  "${MVD_RECIPE[@]}" "${MVD_FROM_LARGE[@]}" "${MVD_LARGE[@]}" "${EPOCH_FLAGS[@]}" \
+  --image_teacher_model_ckpt_path "$IMAGE_TEACHER_PATH" --video_teacher_model_ckpt_path "$VIDEO_TEACHER_PATH" \
+  --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"
