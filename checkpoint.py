@@ -22,7 +22,6 @@ at the top) -> the target model's keys. The CNNs (``modeling_tpn``) have their o
 ``transformers`` configs and models around them.
 """
 import argparse
-import glob
 import os
 import re
 import shutil
@@ -527,10 +526,16 @@ def checkpoint_position_table(ckpt, grid, src_grid=None):
     _, state = canonical_state_dict(ckpt)
     if "pos_embed" in state:
         return recognise_position_table(state["pos_embed"], grid, src_grid)[0], "stored"
+    kind = saved_args(ckpt).get("pos_embed")
+    return (kind, "args") if kind in POS_EMBED_TABLES else (None, None)
+
+
+def saved_args(ckpt):
+    """The run arguments a checkpoint saved, as a dict: ours (``vars(args)``) or the
+    reference scripts' ``argparse.Namespace``; ``{}`` when it has none."""
     saved = ckpt.get("args") if isinstance(ckpt, dict) else None
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
-    kind = saved.get("pos_embed") if isinstance(saved, dict) else None
-    return (kind, "args") if kind in POS_EMBED_TABLES else (None, None)
+    return saved if isinstance(saved, dict) else {}
 
 
 def adopt_position_table(model, ckpt, source, src_grid=None):
@@ -724,11 +729,34 @@ def _load_cnn(model, ckpt, source, strict=False):
                         allow_unexpected=(r"(?!backbone\.)",))
 
 
+def checkpoint_shift_place(ckpt, layout):
+    """The TSM shift place (``modeling_tpn.TSM_SHIFT_PLACES``) a CNN checkpoint was trained
+    with, and the evidence, or ``(None, None)`` when it does not tell.
+
+    mmaction2's files use the residual shift (``shift_place='blockres'``); decisionforce/TPN's
+    (its neck layout, or its mmcv ``{'meta', 'state_dict'}`` wrapper around torchvision keys
+    for the baselines) the in-place one (its default ``tsm_position``); ours record
+    ``tsm_shift`` in their saved arguments.
+
+    Args:
+        ckpt: the loaded checkpoint (with its wrapper); layout:
+            ``modeling_tpn.checkpoint_layout``'s.
+    """
+    if layout == "mmaction2":
+        return "residual", "the mmaction2 layout"
+    if layout == "original" or (isinstance(ckpt, dict) and "state_dict" in ckpt
+                                and "meta" in ckpt and "model" not in ckpt):
+        return "inplace", "the decisionforce/TPN layout"
+    place = saved_args(ckpt).get("tsm_shift")
+    return ((place, "the saved arguments") if place in modeling_tpn.TSM_SHIFT_PLACES
+            else (None, None))
+
+
 def adopt_tsm_shift(model, ckpt, source, layout=None):
     """Give a TSM classifier the shift place its checkpoint was trained with
-    (``modeling_tpn.checkpoint_shift_place``) and print which it uses; like the position
-    table, the checkpoint's word wins over ``--tsm_shift`` (the other place gives other
-    features from the same weights). Nothing for other models.
+    (:func:`checkpoint_shift_place`) and print which it uses; like the position table, the
+    checkpoint's word wins over ``--tsm_shift`` (the other place gives other features from
+    the same weights). Nothing for other models.
 
     Returns:
         the place the model uses now, or None (not a TSM model).
@@ -738,7 +766,7 @@ def adopt_tsm_shift(model, ckpt, source, layout=None):
         return None
     if layout is None:
         layout = modeling_tpn.checkpoint_layout(unwrap_state_dict(ckpt))
-    place, evidence = modeling_tpn.checkpoint_shift_place(ckpt, layout)
+    place, evidence = checkpoint_shift_place(ckpt, layout)
     own = backbone.shift_place
     if place is None:
         print(f"TSM shift: {own} (--tsm_shift); {source} records none")

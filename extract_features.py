@@ -34,7 +34,7 @@ from datasets.transforms import EvalTransform
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation
 from flag_checks import check_flags
 from model_factory import ARCHS, CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier
-from modeling_encoder import POS_EMBED_TABLES, VideoViTEncoder
+from modeling_encoder import VideoViTEncoder, add_pos_embed_arg
 from modeling_finetune import VisionTransformer
 from modeling_student import PretrainVisionTransformer
 
@@ -195,10 +195,7 @@ def get_args_parser():
     a("--num_frames", type=int, default=16)
     a("--sampling_rate", type=int, default=4)
     a("--input_size", type=int, default=224)
-    a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
-      help="fixed position table: sincos_1d = VideoMAE's 1-D sinusoid table, sincos_3d = "
-      "MVD's 3-D sin-cos table (MVD's fine-tuned files); a checkpoint that stores or "
-      "records its table overrides this")
+    add_pos_embed_arg(p)
     a("--num_segments", type=int, default=1, help="test clips per video, features averaged")
     a("--tokens", action="store_true", help="per-token features [N, D] instead of pooled [D]")
     out = p.add_mutually_exclusive_group(required=True)

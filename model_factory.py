@@ -132,12 +132,11 @@ def create_classifier(name, num_classes=400, fc_drop_rate=None, init_scale=0.001
     ``num_frames``, ``use_checkpoint`` and ``tsm_shift`` only (it takes any input size, has no
     drop path and no position table). Raises ValueError for an unknown name.
     """
+    tsm_shift = kwargs.pop("tsm_shift", None) or "residual"
     if name in CNN_CONFIGS:
         return create_cnn(name, num_classes, kwargs.get("num_frames", 8),
                           0.5 if fc_drop_rate is None else fc_drop_rate,
-                          kwargs.get("use_checkpoint", False),
-                          kwargs.get("tsm_shift") or "residual")
+                          kwargs.get("use_checkpoint", False), tsm_shift)
     arch = _arch(name, CLASSIFIER_MODELS, "--model")
-    kwargs.pop("tsm_shift", None)
     return VisionTransformer(num_classes=num_classes, fc_drop_rate=fc_drop_rate or 0.0,
                              init_scale=init_scale, **_encoder_kwargs(arch, **kwargs))

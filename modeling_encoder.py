@@ -99,6 +99,16 @@ POS_EMBED_TABLES = {"sincos_1d": "VideoMAE 1-D sinusoid table",
                     "sincos_3d": "MVD 3-D sin-cos table"}
 
 
+def add_pos_embed_arg(parser, default="sincos_1d", help=None):
+    """``--pos_embed``, the one flag of every script that builds a ViT: which fixed table
+    (:data:`POS_EMBED_TABLES`) the model gets when its checkpoint stores or records none."""
+    parser.add_argument("--pos_embed", default=default, choices=sorted(POS_EMBED_TABLES),
+                        help=help or "fixed position table: sincos_1d = VideoMAE's 1-D sinusoid "
+                        "table, sincos_3d = MVD's 3-D sin-cos table (MVD's fine-tuned files "
+                        "record none); a checkpoint that stores or records its table "
+                        "overrides this")
+
+
 def position_table(kind, grid, dim):
     """The fixed table ``kind`` (a :data:`POS_EMBED_TABLES` key) for a ``(t, h, w)`` token
     grid: ``[1, t*h*w, dim]`` float32.
@@ -113,6 +123,22 @@ def position_table(kind, grid, dim):
         return sincos_3d_table(grid, dim)
     raise ValueError(f"--pos_embed {kind!r} is not a known position table; choose from "
                      f"{sorted(POS_EMBED_TABLES)}")
+
+
+def select_tokens(x, positions):
+    """The rows of ``x [B, N, D]`` where ``positions [B, N]`` (bool, the same count in every
+    clip: the hidden tokens of a mask, or ``~mask`` the visible ones), in token order:
+    ``[B, n, D]``."""
+    b, _, d = x.shape
+    return x[positions].reshape(b, -1, d)
+
+
+def run_block(block, x, *args, checkpoint=False):
+    """``block(x, *args)``, recomputed in the backward instead of keeping its activations when
+    ``checkpoint`` (``--use_checkpoint``) and gradients are on."""
+    if checkpoint and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, x, *args, use_reentrant=False)
+    return block(x, *args)
 
 
 class PatchEmbed(nn.Module):
@@ -391,8 +417,7 @@ class VideoViTEncoder(nn.Module):
         """
         x = self.patch_embed(x) + self.pos_embed.to(x.dtype)  # [B, N, D]
         if bool_masked_pos is not None:
-            b, _, d = x.shape
-            x = x[~bool_masked_pos].reshape(b, -1, d)  # [B, N_vis, D]
+            x = select_tokens(x, ~bool_masked_pos)  # [B, N_vis, D]
         want = {i % len(self.blocks) for i in maps_from}
         maps = {}
         for i, blk in enumerate(self.blocks):
@@ -403,6 +428,4 @@ class VideoViTEncoder(nn.Module):
         return EncoderOutput(tokens=x, maps=maps)
 
     def _run(self, blk, x, return_maps):
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(blk, x, return_maps, use_reentrant=False)
-        return blk(x, return_maps)
+        return run_block(blk, x, return_maps, checkpoint=self.use_checkpoint and self.training)

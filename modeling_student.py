@@ -28,10 +28,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 from timm.layers import Mlp, trunc_normal_
 
-from modeling_encoder import Block, VideoViTEncoder, init_pretrain_weights, position_table
+from modeling_encoder import (Block, VideoViTEncoder, init_pretrain_weights, position_table,
+                              run_block, select_tokens)
 from modeling_teacher import attention_views
 
 
@@ -116,10 +116,7 @@ class Decoder(nn.Module):
     def forward(self, x, num_hidden):
         """``x [B, N_vis + N_hidden, D_dec]`` (hidden last) -> ``[B, N_hidden, out_dim]``."""
         for blk in self.blocks:
-            if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+            x = run_block(blk, x, checkpoint=self.use_checkpoint and self.training)
         return self.head(self.norm(x[:, -num_hidden:]))
 
 
@@ -270,9 +267,8 @@ class PretrainVisionTransformer(nn.Module):
         ``z [B, N_vis, D_s]``: ``[visible + pos_vis, mask_token + pos_hidden]`` through it."""
         map_name, token_name, table_name, decoder_name = DECODER_PARTS[name]
         x = getattr(self, map_name)(z)  # [B, N_vis, D_dec]
-        b, n_vis, d = x.shape
-        pos = getattr(self, table_name).to(x.dtype).expand(b, -1, -1)  # [B, N, D_dec]
-        pos_vis = pos[~bool_masked_pos].reshape(b, -1, d)
-        pos_hid = pos[bool_masked_pos].reshape(b, -1, d)
+        pos = getattr(self, table_name).to(x.dtype).expand(x.shape[0], -1, -1)  # [B, N, D_dec]
+        pos_vis = select_tokens(pos, ~bool_masked_pos)
+        pos_hid = select_tokens(pos, bool_masked_pos)
         x = torch.cat([x + pos_vis, getattr(self, token_name).to(x.dtype) + pos_hid], dim=1)
         return getattr(self, decoder_name)(x, pos_hid.shape[1])

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from losses import topk_attention_global, topk_attention_local
-from modeling_encoder import VideoViTEncoder, sincos_2d_table
+from modeling_encoder import VideoViTEncoder, select_tokens, sincos_2d_table
 
 
 @dataclass
@@ -45,14 +45,6 @@ class TeacherOutput:
     attn_local: Optional[torch.Tensor] = None
     img_feat: Optional[torch.Tensor] = None
     vid_feat: Optional[torch.Tensor] = None
-
-
-def select_tokens(x, positions):
-    """The rows of ``x [B, N, D]`` where ``positions [B, N]`` (bool, the same count in every
-    clip: the hidden tokens of a mask, or ``~mask`` the visible ones), in token order:
-    ``[B, n, D]``."""
-    b, _, d = x.shape
-    return x[positions].reshape(b, -1, d)
 
 
 def attention_views(maps, views, num_k, kd_T, num_slices, pairing="slice"):

@@ -618,28 +618,6 @@ def checkpoint_filter_fn(state):
     return layout, out
 
 
-def checkpoint_shift_place(ckpt, layout):
-    """The TSM shift place (:data:`TSM_SHIFT_PLACES`) a CNN checkpoint was trained with, and
-    the evidence, or ``(None, None)`` when it does not tell.
-
-    mmaction2's files use the residual shift (``shift_place='blockres'``); decisionforce/TPN's
-    (its neck layout, or its mmcv ``{'meta', 'state_dict'}`` wrapper around torchvision keys
-    for the baselines) the in-place one (its default ``tsm_position``); ours record
-    ``tsm_shift`` in their saved arguments.
-
-    Args:
-        ckpt: the loaded checkpoint (with its wrapper); layout: :func:`checkpoint_layout`'s.
-    """
-    if layout == "mmaction2":
-        return "residual", "the mmaction2 layout"
-    if layout == "original" or (isinstance(ckpt, dict) and "state_dict" in ckpt
-                                and "meta" in ckpt and "model" not in ckpt):
-        return "inplace", "the decisionforce/TPN layout"
-    args = ckpt.get("args") if isinstance(ckpt, dict) else None
-    place = args.get("tsm_shift") if isinstance(args, dict) else getattr(args, "tsm_shift", None)
-    return (place, "the saved arguments") if place in TSM_SHIFT_PLACES else (None, None)
-
-
 def imagenet_to_backbone(state, backbone):
     """A torchvision ImageNet ResNet state dict -> ``backbone``'s state dict: the ``fc.*``
     classifier dropped, 2-D kernels inflated (:func:`inflate_weight`) where ``backbone`` has

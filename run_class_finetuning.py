@@ -47,8 +47,8 @@ from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep,
 from flag_checks import check_flags
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, CNN_MODELS, create_classifier
-from modeling_encoder import POS_EMBED_TABLES, compile_blocks
-from modeling_tpn import TSM_SHIFT_PLACES, TSMResNet
+from modeling_encoder import add_pos_embed_arg, compile_blocks
+from modeling_tpn import TSM_SHIFT_PLACES
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
 from reproducibility import all_rng_states, resume_rng_state
@@ -79,10 +79,7 @@ def get_args_parser():
       "the shifted input); a checkpoint's layout or recorded setting overrides this")
     a("--input_size", type=int, default=224, help="clip height = width in pixels")
     a("--num_frames", type=int, default=16)
-    a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
-      help="fixed position table of every model built: sincos_1d = VideoMAE's 1-D sinusoid "
-      "table, sincos_3d = MVD's 3-D sin-cos table; a checkpoint that stores or records "
-      "its table overrides this")
+    add_pos_embed_arg(p)
     a("--drop_path", type=float, default=0.1)
     a("--fc_drop_rate", type=float, default=None,
       help="dropout before the head (default: 0 for the ViTs, 0.5 for the CNNs)")
@@ -154,8 +151,7 @@ def resolve_args(args, model):
     args.token_grid = list(model.patch_embed.grid_size) if not cnn else None
     # as loaded: checkpoints record the table used (a CNN has none)
     args.pos_embed = model.pos_embed_type if not cnn else None
-    args.tsm_shift = (model.backbone.shift_place
-                      if isinstance(getattr(model, "backbone", None), TSMResNet) else None)
+    args.tsm_shift = getattr(getattr(model, "backbone", None), "shift_place", None)  # TSM only
     scale_lrs(args)
     args.mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     if args.mixup_active and not args.eval and args.batch_size * args.num_sample % 2:

@@ -23,7 +23,7 @@ import distributed as du
 from checkpoint import (CheckpointWriteError, adopt_position_table, checkpoint_filter_fn,
                         latest_checkpoint, load_resume_checkpoint, load_teacher, load_weights,
                         save_checkpoint)
-from modeling_encoder import POS_EMBED_TABLES, compile_blocks
+from modeling_encoder import add_pos_embed_arg, compile_blocks
 from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
 from flag_checks import check_flags
 from logger import RunLogger
@@ -73,10 +73,7 @@ def add_student_args(p, models, model, mask_ratio, pos_embed, drop_path):
     a("--mask_type", default="tube", choices=sorted(MASK_GENERATORS))
     a("--mask_ratio", type=float, default=mask_ratio)
     a("--input_size", type=int, default=224, help="clip height = width in pixels")
-    a("--pos_embed", default=pos_embed, choices=sorted(POS_EMBED_TABLES),
-      help="fixed position table of every model built: sincos_1d = VideoMAE's 1-D sinusoid "
-      "table, sincos_3d = MVD's 3-D sin-cos table; a checkpoint that stores or records "
-      "its table overrides this")
+    add_pos_embed_arg(p, pos_embed)
     a("--drop_path", type=float, default=drop_path, help="stochastic depth of the student")
     a("--use_checkpoint", action="store_true", help="activation checkpointing of the student")
 

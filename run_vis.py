@@ -51,7 +51,7 @@ from PIL import Image  # noqa: E402
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 from checkpoint import (KeyMismatchError, adopt_position_table, load_checkpoint,  # noqa: E402
-                        load_teacher, load_weights, unwrap_state_dict)
+                        load_teacher, load_weights, saved_args, unwrap_state_dict)
 from datasets.sampling import dense_test_indices  # noqa: E402
 from datasets.transforms import EvalTransform  # noqa: E402
 from datasets.video_io import VideoDecodeError, load_frames  # noqa: E402
@@ -59,7 +59,7 @@ from flag_checks import check_flags  # noqa: E402
 from losses import pixel_targets  # noqa: E402
 from masking_generator import MASK_GENERATORS, build_masking_generator  # noqa: E402
 from model_factory import PRETRAIN_MODELS, create_student, create_teacher  # noqa: E402
-from modeling_encoder import POS_EMBED_TABLES  # noqa: E402
+from modeling_encoder import add_pos_embed_arg  # noqa: E402
 
 PANEL_IN = 2.2  # inches per frame panel
 MIN_WIDTH_IN = 6.5
@@ -96,10 +96,7 @@ def get_args_parser():
     a("--idx_f", type=int, default=0, help="query temporal slice (tubelet), 0..T'-1")
     a("--input_size", type=int, default=224)
     a("--num_frames", type=int, default=16)
-    a("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
-      help="fixed position table: sincos_1d = VideoMAE's 1-D sinusoid table, sincos_3d = "
-      "MVD's 3-D sin-cos table (MVD's fine-tuned files); a checkpoint that stores or "
-      "records its table overrides this")
+    add_pos_embed_arg(p)
     a("--sampling_rate", type=int, default=4)
     a("--seed", type=int, default=0, help="seed of the mask and of random weights")
     a("--device", default="cpu")
@@ -112,8 +109,7 @@ def load_student_state(path):
     """``(parameter dict, saved run arguments or {})`` of a student checkpoint (pre-training
     ``encoder.*`` keys, or an encoder-only / fine-tuned file)."""
     ckpt = load_checkpoint(path)
-    saved = ckpt.get("args") if isinstance(ckpt, dict) else None
-    return unwrap_state_dict(ckpt), saved if isinstance(saved, dict) else {}
+    return unwrap_state_dict(ckpt), saved_args(ckpt)
 
 
 def warn_if_trained_otherwise(args, saved):

@@ -30,7 +30,7 @@ from flag_checks import check_flags  # noqa: E402
 from hf_interop import check_position_table, export_to_hf, from_hf  # noqa: E402
 from keras_interop import load_keras_weights  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
-from modeling_encoder import POS_EMBED_TABLES  # noqa: E402
+from modeling_encoder import add_pos_embed_arg  # noqa: E402
 
 
 def get_args_parser():
@@ -46,9 +46,8 @@ def get_args_parser():
                     help="pre-training model's pixel decoder blocks (0 = encoder only)")
     to.add_argument("--num_frames", type=int, default=16)
     to.add_argument("--input_size", type=int, default=224)
-    to.add_argument("--pos_embed", default="sincos_1d", choices=sorted(POS_EMBED_TABLES),
-                    help="the checkpoint's position table when it records none; transformers "
-                         "takes only sincos_1d (a sincos_3d model is refused)")
+    add_pos_embed_arg(to, help="the checkpoint's position table when it records none; "
+                      "transformers takes only sincos_1d (a sincos_3d model is refused)")
     to.add_argument("--labels", default="", help="text file, one class name per line")
     to.add_argument("--output_dir", required=True)
     frm = sub.add_parser("from-hf", help="transformers directory -> ours")
