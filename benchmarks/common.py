@@ -220,11 +220,7 @@ def peak_memory(device, fn, exclude=()):
     bytes saved for the backward (see :class:`SavedTensorBytes`; parameters of the modules
     in ``exclude`` left out)."""
     if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device), "peak allocated"
+        return inference_peak(device, fn), "peak allocated"
     meter = SavedTensorBytes(exclude)
     with meter():
         fn()

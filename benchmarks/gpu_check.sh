@@ -28,7 +28,7 @@ SELECTED=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     -*) echo "error: unknown option $arg ($USAGE)" >&2; exit 2 ;;
     *) if [ -z "$OUT" ]; then OUT="$arg"; else SELECTED+=("$arg"); fi ;;
   esac

@@ -80,7 +80,11 @@ def build_ours(args):
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    run(get_args_parser().parse_args(argv))
+
+
+def run(args):
+    """The conversion ``args.command`` asks for (:func:`get_args_parser`)."""
     if args.command == "inspect":
         ckpt = load_checkpoint(args.checkpoint)
         print(json.dumps({"kind": checkpoint_kind(ckpt), "tensors": len(unwrap_state_dict(ckpt))}))
@@ -114,7 +118,7 @@ def cli(argv=None):
     source = getattr(args, "checkpoint", None) or getattr(args, "hf_dir", "")
     try:
         check_flags(args)
-        main(argv)
+        run(args)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}" if source in str(e) or str(e).startswith("--")
                  else f"error: {source}: {e}")
