@@ -94,11 +94,22 @@ def test_usage_errors(tmp_path, argv, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_check_bf16_fails_beyond_its_tolerance(monkeypatch, capsys):
-    """The bf16 check's verdict follows its tolerance (the dry run above shows it passing)."""
+@pytest.mark.parametrize("method, argv, failed, printed", [
+    ("mmkd", [], "loss, hint, relation", ["relation"]),  # --method mmkd: the default
+    ("mvd", ["--method", "mvd", "--teachers", "T"], r"loss, img_feat, vid_feat\)",
+     [r"img_feat +\d\.\d+e[-+]\d+ +\d\.\d+e[-+]\d+ +\d+\.\d+%",
+      r"student gradients: cosine similarity 0\.99\d+"]),
+], ids=["mmkd", "mvd"])
+def test_check_bf16_fails_beyond_its_tolerance(method, argv, failed, printed, monkeypatch,
+                                               capsys):
+    """The bf16 check's verdict follows its tolerance (the dry run above shows it passing),
+    for MMKD's step and MVD's (``--small``: ViT-T students): it prints the terms in both
+    precisions and the gradients' cosine (bf16 really ran: the terms differ)."""
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     import check_bf16
-    with pytest.raises(SystemExit, match=r"MMKD bf16 vs float32: FAILED \(terms beyond 1e-07 %: "
-                                         r"loss, hint, relation"):
-        check_bf16.main(["--small", "--device", "cpu", "--rtol", "1e-9"])
-    assert "relation" in capsys.readouterr().out
+    verdict = rf"{method.upper()} bf16 vs float32: FAILED \(terms beyond 1e-07 %: {failed}"
+    with pytest.raises(SystemExit, match=verdict):
+        check_bf16.main([*argv, "--small", "--device", "cpu", "--rtol", "1e-9"])
+    out = capsys.readouterr().out
+    for pattern in printed:
+        assert re.search(pattern, out), out

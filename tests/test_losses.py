@@ -170,7 +170,8 @@ def fixture_projector(cfg, t, teacher_side=True):
 
 
 def fixture_loss(name, reference, teacher_side=True):
-    """Our ``mmkd_loss`` on the fixture's inputs: ``(total, terms, config, tensors)``."""
+    """Our ``mmkd_loss`` on the fixture's inputs: ``(total, terms, config, tensors,
+    projector)`` (the projector: :func:`fixture_projector`'s)."""
     cfg, t = load_case(name)
     k, kd_T, S = cfg["num_k"], cfg["kd_T"], cfg["S"]
     pairing = "reference" if reference else "slice"
@@ -189,7 +190,7 @@ def fixture_loss(name, reference, teacher_side=True):
                              temperature_t=cfg["temperature_t"], num_f=cfg["num_f"],
                              reference=reference)
     assert total.dtype == torch.float64 and all(v.dtype == torch.float64 for v in terms.values())
-    return total, terms, cfg, t
+    return total, terms, cfg, t, proj
 
 
 def close(a, b, rel=1e-6):
@@ -199,7 +200,7 @@ def close(a, b, rel=1e-6):
 
 @pytest.mark.parametrize("name", ["vits", "vitb"])
 def test_reference_mode_reproduces_the_public_code(name):
-    total, terms, cfg, t = fixture_loss(name, reference=True)
+    total, terms, cfg, t, _ = fixture_loss(name, reference=True)
     expect = {"hint": t["hint"], "relation": t["relation"], "global": t["global"],
               "local": t["local_published"]}
     for term in TERMS:
@@ -214,11 +215,10 @@ def test_reference_mode_reproduces_the_public_code(name):
 def test_default_mode_against_the_public_code(name):
     """Relation and global as the public code (same projections); local as its slice-fixed
     VTop; hint over the selected tokens only, which drops the reference's |Mlp(0)|^2 term."""
-    total, terms, cfg, t = fixture_loss(name, reference=False)
+    total, terms, cfg, t, proj = fixture_loss(name, reference=False)
     for term, key in (("relation", "relation"), ("global", "global"), ("local", "local_fixed")):
         assert close(terms[term], t[key]), (term, float(terms[term]), float(t[key]))
     z_s, z_t, f = t["z_s"], t["z_t"], cfg["num_f"]
-    proj = fixture_projector(cfg, t)
     feat = proj.feat if proj is not None else (lambda x: x)
     B, N, D_t = z_t.shape
     hint = 0.0
@@ -235,9 +235,8 @@ def test_default_mode_against_the_public_code(name):
 
 @pytest.mark.parametrize("name", ["vits", "vitb"])
 def test_default_local_term_is_a_per_slice_loop(name):
-    _, terms, cfg, t = fixture_loss(name, reference=False)
+    _, terms, cfg, t, proj = fixture_loss(name, reference=False)
     S, n, k = cfg["S"], cfg["n"], cfg["num_k"]
-    proj = fixture_projector(cfg, t)
 
     def per_slice(logits, v):  # each slice's keys with that slice's own values
         return torch.stack([topk_attention_global(logits[..., s * n:(s + 1) * n],
@@ -253,7 +252,7 @@ def test_default_local_term_is_a_per_slice_loop(name):
 def test_teacher_side_linear_matters_and_is_optional():
     """Without the teacher-side Linear (our default unless --teacher_proj) the ViT-S global
     term is not the public code's; the relation term never involves a projector."""
-    _, with_t, _, t = fixture_loss("vits", reference=False)
-    _, without, _, _ = fixture_loss("vits", reference=False, teacher_side=False)
+    _, with_t, _, t, _ = fixture_loss("vits", reference=False)
+    _, without, *_ = fixture_loss("vits", reference=False, teacher_side=False)
     assert not close(without["global"], t["global"], rel=1e-2)
     assert close(without["relation"], with_t["relation"], rel=1e-12)

@@ -151,25 +151,6 @@ def test_teacher_sees_all_tokens_gathers_visible_positions():
     torch.testing.assert_close(out.attn_global[0], topk_attention_global(sub[None], v[None], 2)[0])
 
 
-def test_activation_checkpointing_matches():
-    torch.manual_seed(0)
-    s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=0, teacher_dim=192,
-                       num_k=2, **GEOM)
-    x, m = torch.randn(2, 3, 4, 32, 32), masks(s)
-    out1 = s(x, m)
-    (out1.tokens.sum() + out1.attn_global.sum()).backward()
-    g1 = [p.grad.clone() for p in s.parameters() if p.grad is not None]
-    s.zero_grad()
-    s.set_grad_checkpointing(True)
-    out2 = s(x, m)
-    (out2.tokens.sum() + out2.attn_global.sum()).backward()
-    g2 = [p.grad.clone() for p in s.parameters() if p.grad is not None]
-    torch.testing.assert_close(out1.tokens, out2.tokens)
-    assert len(g1) == len(g2)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
 def _xavier(w):
     """xavier_uniform_: every entry within +-sqrt(6 / (fan_in + fan_out)), std bound / sqrt(3)."""
     bound = (6 / sum(w.shape)) ** 0.5
@@ -213,15 +194,16 @@ def test_initialisation_follows_the_reference_code_bases():
     assert _torch_default(c.patch_embed.proj)
 
 
-def test_activation_checkpointing_covers_the_decoders():
-    """``--use_checkpoint`` recomputes the pixel and MVD feature decoders' blocks too (as
-    VideoMAE's and MVD's decoders do), with the same outputs and gradients."""
+def test_activation_checkpointing_matches_and_covers_the_decoders():
+    """``--use_checkpoint`` recomputes the encoder's blocks (its MMKD outputs: tokens and
+    attention views) and the pixel and MVD feature decoders' blocks too (as VideoMAE's and
+    MVD's decoders do), with the same outputs and gradients."""
     torch.manual_seed(0)
-    s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1,
-                       feature_dims={"img_feat": 64, "vid_feat": 48}, feat_decoder_depth=1,
-                       use_checkpoint=True, **GEOM)
+    s = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1, teacher_dim=192,
+                       num_k=2, feature_dims={"img_feat": 64, "vid_feat": 48},
+                       feat_decoder_depth=1, use_checkpoint=True, **GEOM)
     decoders = [s.decoder, s.decoder_img, s.decoder_vid]
-    assert all(d.use_checkpoint for d in decoders)
+    assert s.encoder.use_checkpoint and all(d.use_checkpoint for d in decoders)
     calls = []
     for d in decoders:
         # a pre-hook: the recomputation stops once it has what the backward needs
@@ -232,16 +214,20 @@ def test_activation_checkpointing_covers_the_decoders():
         s.zero_grad()
         calls.clear()
         out = s(x, m)
-        (out.pixels.sum() + out.img_feat.sum() + out.vid_feat.sum()).backward()
+        (out.tokens.sum() + out.attn_global.sum() + out.pixels.sum() + out.img_feat.sum()
+         + out.vid_feat.sum()).backward()
         return out, {n: p.grad.clone() for n, p in s.named_parameters() if p.grad is not None}
 
     out_cp, g_cp = run()
     assert len(calls) == 6  # each decoder block ran again in the backward
     s.set_grad_checkpointing(False)
-    assert not any(d.use_checkpoint for d in decoders)
+    assert not s.encoder.use_checkpoint and not any(d.use_checkpoint for d in decoders)
     out, g = run()
     assert len(calls) == 3
+    torch.testing.assert_close(out_cp.tokens, out.tokens)
     torch.testing.assert_close(out_cp.pixels, out.pixels)
     assert g_cp.keys() == g.keys() and any(k.startswith("decoder_img.") for k in g)
     for k in g:
         torch.testing.assert_close(g_cp[k], g[k], atol=1e-5, rtol=1e-4)
+    s.set_grad_checkpointing(True)  # and back on, as --use_checkpoint after building does
+    assert s.encoder.use_checkpoint and all(d.use_checkpoint for d in decoders)

@@ -5,8 +5,6 @@ strictly (outputs against a plain re-implementation of MVD's forward, optimizer 
 following its parameters), frozen teachers, and run_mvd_pretraining.py end to end on real
 clips, alone and with MMKD's and the pixel terms."""
 import argparse
-import re
-import json
 import math
 import os
 
@@ -18,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import model_factory
 import run_mvd_pretraining as mvd
+import test_pretraining
 from checkpoint import load_checkpoint, load_image_teacher, load_pretrained
 from conftest import VIDEOS
 from engine_for_pretraining import forward_losses, optimizer_update
@@ -27,13 +26,12 @@ from modeling_encoder import sincos_2d_table, sincos_3d_table
 from modeling_student import StudentOutput
 from modeling_teacher import ImageTeacher, Teachers, TeacherOutput
 from optim_factory import build_optimizer, load_optimizer_state
+from test_pretraining import read_log
 
 GEOM = dict(img_size=32, num_frames=4)  # token grid (2, 2, 2)
 DIM, HEADS, DEPTH = 192, 3, 2  # the student: ViT-Ti, two blocks
 DEC, DEC_DEPTH = 192, 1  # its feature decoders: MVD's default width (the encoder's)
 IMG_DIM, VID_DIM = 384, 192  # image teacher ViT-S, video teacher ViT-Ti (two blocks each)
-CLIPS = ["arm_wrestling_demo.mp4", "flipping_a_pancake.mkv", "kinetics_clip_test.avi",
-         "short_clip_part0.mp4", "corrupted_h264.mp4"]
 TINY = ["--model", "pretrain_masked_video_student_tiny_patch16_224", "--decoder_depth", "1",
         "--image_teacher_model", "mae_teacher_vit_small_patch16", "--distillation_target_dim",
         str(IMG_DIM), "--video_teacher_model", "pretrain_videomae_teacher_tiny_patch16_224",
@@ -41,13 +39,14 @@ TINY = ["--model", "pretrain_masked_video_student_tiny_patch16_224", "--decoder_
         "--teacher_input_size", "32", "--num_frames", "4", "--sampling_rate", "2",
         "--batch_size", "2", "--device", "cpu", "--num_workers", "0", "--warmup_epochs", "0",
         "--mask_ratio", "0.5", "--opt_betas", "0.9", "0.95", "--lr", "0.5", "--save_ckpt_freq", "1"]
+anno = test_pretraining.anno  # the fixture: an annotation file of its real clips
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_blocks():
-    """Every ViT-Ti and ImageMAE teacher of this module two blocks deep."""
+def two_blocks(two_block_tiny):
+    """Every ViT-Ti (conftest's ``two_block_tiny``) and ImageMAE teacher of this module two
+    blocks deep."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(model_factory.ARCHS, "tiny", dict(model_factory.ARCHS["tiny"], depth=DEPTH))
         for name in ("mae_teacher_vit_tiny_patch16", "mae_teacher_vit_small_patch16"):
             mp.setitem(model_factory.IMAGE_TEACHER_MODELS, name,
                        dict(model_factory.IMAGE_TEACHER_MODELS[name], depth=DEPTH))
@@ -375,13 +374,6 @@ def test_mvd_optimizer_state_follows_its_parameters(mvd_file):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def anno(tmp_path_factory):
-    path = tmp_path_factory.mktemp("anno") / "train.csv"
-    path.write_text("".join(f"{c} 0\n" for c in CLIPS))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def teacher_files(tmp_path_factory):
     """Tiny teachers as files: a VideoMAE pre-training checkpoint (``encoder.*``) and an
     ImageMAE one (``model``, timm's keys)."""
@@ -400,11 +392,6 @@ def run(argv):
     args = mvd.get_args_parser().parse_args(argv)
     mvd.main(args, build=mvd.build_models)
     return args
-
-
-def read_log(out):
-    with open(os.path.join(out, "log.json")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_teachers_frozen_outside_the_optimizer_and_the_student_moves(anno, teacher_files):
@@ -532,19 +519,3 @@ def test_image_teacher_made_from_a_video_encoder(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no video encoder"):
         torch.save({"model": {"head.weight": torch.zeros(2, 2)}}, src)
         image_teacher_from_video.main([src, dst])
-
-
-def test_bf16_check_of_the_mvd_step(monkeypatch, capsys):
-    """benchmarks/check_bf16.py --method mvd (the GPU check's MVD part) at tiny size: it prints both
-    terms in both precisions, and its verdict follows its tolerance (bf16 really ran: the
-    terms differ)."""
-    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "benchmarks"))
-    import check_bf16
-    with pytest.raises(SystemExit, match=r"MVD bf16 vs float32: FAILED \(terms beyond 1e-07 %: "
-                                         r"loss, img_feat, vid_feat\)"):
-        check_bf16.main(["--method", "mvd", "--small", "--teachers", "T", "--device", "cpu",
-                         "--rtol", "1e-9"])
-    out = capsys.readouterr().out
-    assert re.search(r"img_feat +\d\.\d+e[-+]\d+ +\d\.\d+e[-+]\d+ +\d+\.\d+%", out), out
-    assert re.search(r"student gradients: cosine similarity 0\.99\d+", out), out

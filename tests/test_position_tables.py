@@ -15,6 +15,7 @@ from checkpoint import adopt_position_table, load_pretrained, load_teacher, save
 from hf_interop import to_hf
 from model_factory import create_classifier, create_student, create_teacher
 from modeling_encoder import sincos_3d_table, sinusoid_table
+from test_mvd import _block, _block_state, _ln
 from tools import convert_checkpoint
 
 pytestmark = pytest.mark.usefixtures("two_block_tiny")  # the blocks are the same 2 or 12 times
@@ -55,16 +56,8 @@ def mvd_finetuned_state(seed=0):
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s, std=0.02: torch.randn(*s, generator=g) * std  # noqa: E731
     state = {"patch_embed.proj.weight": rnd(DIM, 3, 2, 16, 16), "patch_embed.proj.bias": rnd(DIM)}
-    for i in range(DEPTH):
-        p = f"blocks.{i}."
-        state.update({
-            p + "norm1.weight": 1 + rnd(DIM, std=0.1), p + "norm1.bias": rnd(DIM),
-            p + "attn.qkv.weight": rnd(3 * DIM, DIM, std=0.1), p + "attn.q_bias": rnd(DIM),
-            p + "attn.v_bias": rnd(DIM), p + "attn.proj.weight": rnd(DIM, DIM, std=0.1),
-            p + "attn.proj.bias": rnd(DIM), p + "norm2.weight": 1 + rnd(DIM, std=0.1),
-            p + "norm2.bias": rnd(DIM), p + "mlp.fc1.weight": rnd(4 * DIM, DIM, std=0.05),
-            p + "mlp.fc1.bias": rnd(4 * DIM), p + "mlp.fc2.weight": rnd(DIM, 4 * DIM, std=0.05),
-            p + "mlp.fc2.bias": rnd(DIM)})
+    for i in range(DEPTH):  # MVD's blocks, as in its pre-training student
+        state.update(_block_state(f"blocks.{i}.", DIM, rnd))
     state.update({"fc_norm.weight": 1 + rnd(DIM, std=0.1), "fc_norm.bias": rnd(DIM),
                   "head.weight": rnd(CLASSES, DIM, std=0.5), "head.bias": rnd(CLASSES)})
     return state
@@ -72,24 +65,13 @@ def mvd_finetuned_state(seed=0):
 
 def mvd_forward(sd, x, table):
     """MVD's fine-tuned classifier written out: tubelet conv, + the 3-D table, pre-norm blocks
-    (q/v biases, softmax attention, GELU MLP, LayerNorm eps 1e-6), mean pool, fc_norm, head."""
-    def ln(z, name):
-        return F.layer_norm(z, (DIM,), sd[name + ".weight"], sd[name + ".bias"], 1e-6)
-
+    (q/v biases, softmax attention, GELU MLP, LayerNorm eps 1e-6: tests/test_mvd.py's
+    ``_block``), mean pool, fc_norm, head."""
     z = F.conv3d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=(2, 16, 16))
     z = z.flatten(2).transpose(1, 2) + table  # [B, N, D]
-    b, n, _ = z.shape
     for i in range(DEPTH):
-        p = f"blocks.{i}."
-        bias = torch.cat([sd[p + "attn.q_bias"], torch.zeros(DIM), sd[p + "attn.v_bias"]])
-        qkv = F.linear(ln(z, p + "norm1"), sd[p + "attn.qkv.weight"], bias)
-        q, k, v = qkv.reshape(b, n, 3, HEADS, DIM // HEADS).permute(2, 0, 3, 1, 4)
-        attn = ((q * (DIM // HEADS) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-        y = (attn @ v).transpose(1, 2).reshape(b, n, DIM)
-        z = z + F.linear(y, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
-        h = F.gelu(F.linear(ln(z, p + "norm2"), sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]))
-        z = z + F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
-    return F.linear(ln(z.mean(dim=1), "fc_norm"), sd["head.weight"], sd["head.bias"])
+        z = _block(sd, f"blocks.{i}.", z, HEADS)
+    return F.linear(_ln(sd, "fc_norm", z.mean(dim=1)), sd["head.weight"], sd["head.bias"])
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +201,7 @@ def test_every_script_takes_the_flag():
     assert args.pos_embed == "sincos_3d"
 
 
-def test_hf_export_of_a_3d_model_is_a_one_line_error(mvd_finetuned, tmp_path):
+def test_hf_export_of_a_3d_model_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError) as e:
         to_hf(create_classifier("vit_tiny_patch16_224", num_classes=2, pos_embed="sincos_3d",
                                 **GEOM))

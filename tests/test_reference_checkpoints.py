@@ -15,6 +15,7 @@ import run_mmkd_pretraining as rmp
 from checkpoint import UnsafeCheckpointError, load_checkpoint
 from conftest import VIDEOS
 from optim_factory import build_optimizer
+from test_finetuning import _anno_dir
 from tools import convert_checkpoint, resave_checkpoint
 
 # loading does not depend on depth; every entry point builds its models before it reads a file
@@ -33,7 +34,8 @@ TINY_PT = ["--model", "pretrain_videomae_tiny_patch16_224", "--model_t",
 
 
 class RunsCode:
-    """Unpickling this runs code: it writes ``path`` (the marker that must never appear)."""
+    """Unpickling this runs code (``builtins.exec``): it writes ``path``, the marker file that
+    appears exactly when a checkpoint's code ran (and must never appear)."""
 
     def __init__(self, path):
         self.path = path
@@ -63,9 +65,7 @@ def files(tmp_path_factory, two_block_tiny):
     """Reference-layout pre-training and fine-tuned files (optimizers as our scripts build
     them, so that ``--resume`` takes them), the same with code in ``args``, and non-files."""
     d = tmp_path_factory.mktemp("reference")
-    (d / "data").mkdir()
-    for split in ("train", "val", "test"):
-        (d / "data" / f"{split}.csv").write_text("".join(f"{c} {i}\n" for i, c in enumerate(CLIPS)))
+    _anno_dir(d / "data", CLIPS, range(len(CLIPS)))
     marker = str(d / "MARKER")
     torch.manual_seed(0)
     ft_args = rcf.get_args_parser().parse_args(["--data_path", str(d / "data"), *TINY_FT])
@@ -181,14 +181,15 @@ def test_converter_and_extract_features_load_reference_files(files, capsys):
 # -------------------------------------------------------------- code in args, and non-files
 
 def _entry_points(files, tmp_path):
-    """Each entry point as ``fn(path)`` running the user's command on ``path``."""
-    out = str(tmp_path / "out")
-
+    """Each entry point as ``fn(path)`` running the user's command on ``path`` (nothing runs
+    before ``fn`` is called: ``_entry_points(None, None)`` gives the names)."""
     def ft(*flags):
-        rcf.main(rcf.get_args_parser().parse_args(_ft_argv(files, *flags, "--output_dir", out)))
+        rcf.main(rcf.get_args_parser().parse_args(
+            _ft_argv(files, *flags, "--output_dir", str(tmp_path / "out"))))
 
     def pt(*flags):
-        rmp.main(rmp.get_args_parser().parse_args(_pt_argv(files, *flags, "--output_dir", out)))
+        rmp.main(rmp.get_args_parser().parse_args(
+            _pt_argv(files, *flags, "--output_dir", str(tmp_path / "out"))))
 
     return {
         "--path_t": lambda p: pt("--path_t", p),
@@ -204,8 +205,7 @@ def _entry_points(files, tmp_path):
     }
 
 
-ENTRY_POINTS = ["--path_t", "--finetune", "--eval", "--resume (fine-tuning)",
-                "--resume (pre-training)", "convert_checkpoint", "extract_features"]
+ENTRY_POINTS = list(_entry_points(None, None))
 
 
 def _message(fn, path):

@@ -163,16 +163,29 @@ OURS.update({c: dict(pos_embed="sincos_3d") for c in MVD_CONFIGS})
 METHOD_MD = os.path.join(ROOT, os.pardir, "shared", "docs", "METHOD.md")
 
 
-def dry_run(script, *extra, **env):
-    """The tokens of the command ``script`` prints with ``DRY_RUN=1``."""
+def _run_dry(script, *extra, **env):
+    """``script`` run with ``DRY_RUN=1``, :data:`PATHS` and ``env`` (and no launcher settings
+    of ours from the environment)."""
     full = dict(os.environ, DRY_RUN="1", **PATHS, **env)
     for key in ("LAUNCHER", "PARTITION", "SRUN_ARGS", "GPUS", "GPUS_PER_NODE", "JOB_NAME"):
         if key not in env:
             full.pop(key, None)
-    out = subprocess.run(["bash", os.path.join(SCRIPTS, script), *extra], env=full,
-                         capture_output=True, text=True, timeout=30)
+    return subprocess.run(["bash", os.path.join(SCRIPTS, script), *extra], env=full,
+                          capture_output=True, text=True, timeout=30)
+
+
+def dry_run(script, *extra, **env):
+    """The tokens of the command ``script`` prints with ``DRY_RUN=1``."""
+    out = _run_dry(script, *extra, **env)
     assert out.returncode == 0, out.stderr
     return shlex.split(out.stdout)
+
+
+def dry_run_error(script, **env):
+    """``(exit status, stderr)`` of ``script``'s dry run with a bad ``env``: one line."""
+    out = _run_dry(script, **env)
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    return out.returncode, out.stderr
 
 
 def split_command(tokens):
@@ -202,9 +215,10 @@ def expected(config):
     return script, gpus, values
 
 
-def parsed(config):
-    """Our parser's values for the dry run of ``config``, and the launcher tokens."""
-    launcher, script, flags = split_command(dry_run(f"{config}_slurm.sh"))
+def parsed(config, *extra, **env):
+    """``(launcher tokens, python script name, our parser's values)`` of the dry run of
+    ``config`` (its script with ``extra`` flags and ``env``)."""
+    launcher, script, flags = split_command(dry_run(f"{config}_slurm.sh", *extra, **env))
     return launcher, script, parser_for(script).parse_args(flags)
 
 
@@ -238,18 +252,13 @@ def test_dry_run_gives_the_published_recipe(config):
 def test_mvd_large_800_epochs():
     """EPOCHS=800 of the ViT-L script: mvd_vit_large_from_vit_large_teacher_epoch_800's 801
     epochs and its parser's min lr; any other EPOCHS is a one-line error."""
-    launcher, script, flags = split_command(dry_run("mvd_large_from_large_k400_slurm.sh",
-                                                    EPOCHS="800"))
-    args = parser_for(script).parse_args(flags)
+    launcher, _, args = parsed("mvd_large_from_large_k400", EPOCHS="800")
     _, _, want = expected("mvd_large_from_large_k400")
     want.update(_MVD_800)
     assert {k: getattr(args, k) for k in want} == want
     assert "--job-name=mvd_large_from_large_k400_e800" in launcher
-    out = subprocess.run(["bash", os.path.join(SCRIPTS, "mvd_large_from_large_k400_slurm.sh")],
-                         env=dict(os.environ, DRY_RUN="1", EPOCHS="600"), capture_output=True,
-                         text=True, timeout=30)
-    assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
-    assert "EPOCHS=600" in out.stderr
+    rc, err = dry_run_error("mvd_large_from_large_k400_slurm.sh", EPOCHS="600")
+    assert rc == 1 and "EPOCHS=600" in err
 
 
 def method_md():
@@ -312,9 +321,7 @@ def test_kinetics_fine_tuning_follows_the_method_recipe():
 
 @pytest.mark.parametrize("config", ["kd_base_ucf", "finetune_small_hmdb"])
 def test_extra_flags_pass_through_and_win(config):
-    tokens = dry_run(f"{config}_slurm.sh", "--epochs", "1", "--output_dir", "/tmp/x y")
-    _, script, flags = split_command(tokens)
-    args = parser_for(script).parse_args(flags)
+    _, _, args = parsed(config, "--epochs", "1", "--output_dir", "/tmp/x y")
     assert args.epochs == 1 and args.output_dir == "/tmp/x y"
 
 
@@ -339,10 +346,8 @@ def test_torchrun_one_node():
 
 
 def test_bad_launcher_fails():
-    env = dict(os.environ, DRY_RUN="1", LAUNCHER="mpirun")
-    out = subprocess.run(["bash", os.path.join(SCRIPTS, "kd_small_k400_slurm.sh")], env=env,
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "LAUNCHER must be slurm or torchrun" in out.stderr
+    rc, err = dry_run_error("kd_small_k400_slurm.sh", LAUNCHER="mpirun")
+    assert rc == 2 and "LAUNCHER must be slurm or torchrun" in err
 
 
 TPN_COMMON = dict(opt="sgd", momentum=0.9, lr=0.01, sched="multistep", decay_milestones=[75, 125],
@@ -361,8 +366,7 @@ FXS = {"8x8": (8, 8, False), "16x4": (16, 4, True), "32x2": (32, 2, True)}
 @pytest.mark.parametrize("config,fxs", [(c, f) for c in TPN_CONFIGS for f in FXS
                                         if c.endswith("k400") or f == "8x8"])
 def test_tpn_dry_runs_parse_with_the_tpn_recipe(config, fxs):
-    tokens = dry_run(f"{config}_slurm.sh", FXS=fxs, IMAGENET_INIT="/ckpt/resnet.pth")
-    launcher, script, flags = split_command(tokens)
+    launcher, script, args = parsed(config, FXS=fxs, IMAGENET_INIT="/ckpt/resnet.pth")
     assert script == "run_class_finetuning.py"
     assert "--ntasks=32" in launcher and "--gres=gpu:8" in launcher  # 8 clips x 32 GPUs
     model, data = config.rsplit("_", 1)
@@ -373,15 +377,12 @@ def test_tpn_dry_runs_parse_with_the_tpn_recipe(config, fxs):
         assert f"--job-name={config}_{fxs}" in launcher
     else:
         want.update(TPN_SS, data_set=data.upper())
-    args = parser_for(script).parse_args(flags)
     assert {k: getattr(args, k) for k in want} == want
 
 
 def test_tpn_bad_fxs_fails():
-    env = dict(os.environ, DRY_RUN="1", FXS="9x9")
-    out = subprocess.run(["bash", os.path.join(SCRIPTS, "tpn_r50_k400_slurm.sh")], env=env,
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "FXS must be 8x8, 16x4 or 32x2, got '9x9'" in out.stderr
+    rc, err = dry_run_error("tpn_r50_k400_slurm.sh", FXS="9x9")
+    assert rc == 2 and "FXS must be 8x8, 16x4 or 32x2, got '9x9'" in err
 
 
 def test_mvd_scripts_follow_the_method_recipe():
