@@ -2,15 +2,33 @@
 fixture that makes ViT-Ti two blocks deep, and the ``cuda`` marker: tests that need a CUDA
 device are marked ``@pytest.mark.cuda`` and skipped where none is visible (``pytest -m cuda``
 runs only them; ``benchmarks/gpu_check.sh`` does)."""
+import contextlib
 import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 VIDEOS = os.path.join(ROOT, "tests", "data", "videos")
+
+
+@contextlib.contextmanager
+def linear_output_dtypes(**modules):
+    """While active, record the dtype of every ``nn.Linear`` output inside each named module
+    (``name=module``): yields ``{name: set of dtypes}``, filled as the modules run. Tells
+    whether a forward really ran under autocast, which a finite loss cannot."""
+    seen = {name: set() for name in modules}
+    handles = [lin.register_forward_hook(lambda mod, inp, out, n=name: seen[n].add(out.dtype))
+               for name, m in modules.items() for lin in m.modules()
+               if isinstance(lin, torch.nn.Linear)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @pytest.fixture(scope="module")

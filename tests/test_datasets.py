@@ -245,11 +245,17 @@ def test_multi_scale_crop_uses_videomae_scales_and_13_positions():
 
 
 def test_normalize_uses_imagenet_statistics():
+    """The ImageNet mean maps to 0 and mean + std to 1 per channel: a wrong mean fails the
+    first, a wrong std the second."""
     mean = torch.tensor([0.485, 0.456, 0.406])
-    clip = (mean * 255).round().to(torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
-    out = normalize(clip)
+    std = torch.tensor([0.229, 0.224, 0.225])
+    at_mean = (mean * 255).round().to(torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    out = normalize(at_mean)
     assert out.shape == (3, 2, 4, 4) and out.dtype == torch.float32
     assert out.abs().max() < 0.01
+    one_std = ((mean + std) * 255).round().to(torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    # uint8 rounding moves a value by at most 0.5 / 255 / std < 0.01
+    assert (normalize(one_std) - 1).abs().max() < 0.01
 
 
 def test_rand_augment_is_the_same_for_every_frame():

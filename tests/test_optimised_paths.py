@@ -26,7 +26,7 @@ from timm.optim import create_optimizer_v2
 
 import engine_for_pretraining as engine
 import losses
-from conftest import VIDEOS
+from conftest import VIDEOS, linear_output_dtypes
 from datasets import VideoClsDataset, VideoMAEPretrainDataset, video_io
 from masking_generator import TubeMaskingGenerator
 from model_factory import create_student, create_teacher
@@ -245,7 +245,9 @@ def test_bf16_autocast_step_close_to_float32(models, device):
     s, t = copy.deepcopy(s).to(device).eval(), copy.deepcopy(t).to(device)
     x, mask = x.to(device), mask.to(device)
     _, ref_terms, ref_grads = loss_and_grads(s, t, x, mask, device=device)
-    _, terms, grads = loss_and_grads(s, t, x, mask, device=device, amp_dtype=torch.bfloat16)
+    with linear_output_dtypes(student=s.encoder, teacher=t) as seen:
+        _, terms, grads = loss_and_grads(s, t, x, mask, device=device, amp_dtype=torch.bfloat16)
+    assert seen == {"student": {torch.bfloat16}, "teacher": {torch.bfloat16}}  # really bf16
     assert terms.keys() == ref_terms.keys() == {"hint", "relation", "global", "local", "pixel"}
     for k in terms:  # relation: 4 % off when its similarities were formed in bf16
         tol(terms[k], ref_terms[k], atol=1e-4, rtol=1e-2)

@@ -1,4 +1,5 @@
 """run_mae_pretraining / run_mmkd_pretraining end to end on real clips, resume, bad input."""
+import contextlib
 import hashlib
 import json
 import math
@@ -9,7 +10,7 @@ import torch
 
 import losses
 import run_mmkd_pretraining as rmp
-from conftest import VIDEOS
+from conftest import VIDEOS, linear_output_dtypes
 
 CLIPS = ["arm_wrestling_demo.mp4", "flipping_a_pancake.mkv", "kinetics_clip_test.avi",
          "short_clip_part0.mp4", "corrupted_h264.mp4"]
@@ -107,9 +108,20 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(anno, tmp_path, monkeypatch)
 def test_bf16_autocast_on_cpu(anno, tmp_path):
     """``--amp bf16`` on a CPU: teacher and student under bf16 autocast, float32 weights."""
     out = str(tmp_path / "bf16")
-    run(["--data_path", anno, "--data_root", VIDEOS, "--model_t",
+    args = rmp.get_args_parser().parse_args(
+        ["--data_path", anno, "--data_root", VIDEOS, "--model_t",
          "pretrain_videomae_tiny_patch16_224", "--num_k", "2", "--num_f", "4", "--epochs", "1",
          "--amp", "bf16", "--output_dir", out, *TINY])
+    with contextlib.ExitStack() as hooks:
+        seen = {}
+
+        def build(a):  # the script's own models, watched while they train
+            student, teacher = rmp.build_models(a)
+            seen.update(hooks.enter_context(linear_output_dtypes(
+                student=student.encoder, teacher=teacher)))
+            return student, teacher
+        rmp.main(args, build=build)
+    assert seen == {"student": {torch.bfloat16}, "teacher": {torch.bfloat16}}
     log = read_log(out)[0]
     assert all(math.isfinite(log[f"train_{k}"]) for k in ("loss", "hint", "relation", "local"))
     ckpt = torch.load(os.path.join(out, "checkpoint-0.pth"), weights_only=True)
