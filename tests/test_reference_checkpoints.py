@@ -52,6 +52,35 @@ def save_model(path, model, optimizer, epoch, args):
                 "scaler": torch.amp.GradScaler("cpu").state_dict(), "args": args}, path)
 
 
+def reference_optimizer(model, args, layer_decay=None):
+    """AdamW as VideoMAE's / MVD's ``create_optimizer`` with ``get_parameter_groups`` builds it
+    (written here from their behaviour, not with this project's ``build_optimizer``): one group
+    per (layer id, decay or not) in the order ``named_parameters`` first meets it; no decay for
+    1-D tensors, ``.bias`` and ``model.no_weight_decay()``; with ``layer_decay`` the layer id is
+    0 for ``cls_token`` / ``mask_token`` / ``pos_embed`` / ``patch_embed.*``, ``i + 1`` for
+    ``blocks.i.*``, ``L + 1`` for the rest, and ``lr_scale = layer_decay ** (L + 1 - id)``."""
+    skip = model.no_weight_decay()
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim == 1 or name.endswith(".bias") or name in skip)
+        key, scale = ("decay" if decay else "no_decay"), 1.0
+        if layer_decay is not None:
+            depth = len(model.blocks)
+            if name in ("cls_token", "mask_token", "pos_embed") or name.startswith("patch_embed"):
+                layer = 0
+            elif name.startswith("blocks."):
+                layer = int(name.split(".")[1]) + 1
+            else:
+                layer = depth + 1
+            key, scale = f"layer_{layer}_{key}", layer_decay ** (depth + 1 - layer)
+        groups.setdefault(key, {"weight_decay": args.weight_decay if decay else 0.0,
+                                "params": [], "lr_scale": scale})["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()), lr=args.lr, weight_decay=0.0,
+                             betas=tuple(args.opt_betas or (0.9, 0.999)), eps=args.opt_eps)
+
+
 def _stepped(model, optimizer):
     """One optimizer step, so that its state holds tensors as a real run's does."""
     sum(p.float().pow(2).sum() for p in model.parameters() if p.requires_grad).backward()
@@ -62,8 +91,8 @@ def _stepped(model, optimizer):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, two_block_tiny):
-    """Reference-layout pre-training and fine-tuned files (optimizers as our scripts build
-    them, so that ``--resume`` takes them), the same with code in ``args``, and non-files."""
+    """Reference-layout pre-training and fine-tuned files (optimizers as the reference scripts
+    build them), the same with code in ``args``, and non-files."""
     d = tmp_path_factory.mktemp("reference")
     _anno_dir(d / "data", CLIPS, range(len(CLIPS)))
     marker = str(d / "MARKER")
@@ -71,13 +100,13 @@ def files(tmp_path_factory, two_block_tiny):
     ft_args = rcf.get_args_parser().parse_args(["--data_path", str(d / "data"), *TINY_FT])
     clf = rcf.build_model(ft_args)
     rcf.resolve_args(ft_args, clf)
-    ft_opt = _stepped(clf, build_optimizer(clf, ft_args, layer_decay=ft_args.layer_decay))
+    ft_opt = _stepped(clf, reference_optimizer(clf, ft_args, layer_decay=ft_args.layer_decay))
     pt_args = rmp.get_args_parser().parse_args(["--data_path", str(d / "data" / "train.csv"),
                                                 *TINY_PT])
     pt_args.use_teacher = True
     student, teacher = rmp.build_models(pt_args)
     rmp.resolve_args(pt_args, student, teacher)
-    pt_opt = _stepped(student, build_optimizer(student, pt_args))
+    pt_opt = _stepped(student, reference_optimizer(student, pt_args))
     names = ("finetune", "pretrain", "evil_finetune", "evil_pretrain", "text", "empty",
              "truncated")
     paths = {name: str(d / f"{name}.pth") for name in names}
@@ -92,7 +121,28 @@ def files(tmp_path_factory, two_block_tiny):
     open(paths["empty"], "wb").close()
     with open(paths["finetune"], "rb") as f, open(paths["truncated"], "wb") as g:
         g.write(f.read()[:5000])
-    return dict(paths=paths, dir=d, marker=marker, clf=clf, student=student)
+    return dict(paths=paths, dir=d, marker=marker, clf=clf, student=student,
+                ft_opt=ft_opt, pt_opt=pt_opt)
+
+
+def _same_optimizer_state(model, optimizer, reference_model, reference_optimizer):
+    """Each parameter's AdamW state and lr scale in ``optimizer`` are those the reference
+    optimizer held for the parameter of the same name (not merely of the same shape)."""
+    def by_name(m, opt):
+        names = {id(p): n for n, p in m.named_parameters()}
+        out = {}
+        for g in opt.param_groups:
+            for p in g["params"]:
+                st = opt.state[p]
+                out[names[id(p)]] = (g.get("lr_scale", 1.0), g["weight_decay"],
+                                     st["exp_avg"], st["exp_avg_sq"])
+        return out
+    ours, ref = by_name(model, optimizer), by_name(reference_model, reference_optimizer)
+    assert ours.keys() == ref.keys() and ours
+    for name, (scale, wd, m, v) in ref.items():
+        o = ours[name]
+        assert o[0] == pytest.approx(scale) and o[1] == wd, name
+        assert torch.equal(o[2], m) and torch.equal(o[3], v), name
 
 
 def _same_weights(model, reference, prefix=""):
@@ -156,8 +206,9 @@ def test_eval_resume_and_finetune_resume_of_a_reference_file(files, tmp_path, ca
     optimizer = build_optimizer(model, args, layer_decay=args.layer_decay)
     scaler = torch.amp.GradScaler("cpu")
     assert rcf._resume(args, model, optimizer, scaler) == files["paths"]["finetune"]
-    assert args.start_epoch == 1 and optimizer.state_dict()["state"]
+    assert args.start_epoch == 1
     _same_weights(model, files["clf"])
+    _same_optimizer_state(model, optimizer, files["clf"], files["ft_opt"])
 
 
 def test_pretraining_resume_of_a_reference_file(files, tmp_path, capsys):
