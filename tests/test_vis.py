@@ -10,6 +10,7 @@ from PIL import Image
 
 import losses
 import run_vis
+import vis_figures
 from conftest import VIDEOS
 from masking_generator import build_masking_generator
 from model_factory import create_student, create_teacher
@@ -70,9 +71,9 @@ def test_images_have_their_sizes_and_are_not_blank(run):
                 "frames.png": (1, 4, 0.0)}
     for name, (rows, cols, extra_w) in expected.items():
         image = np.asarray(Image.open(os.path.join(out, name)).convert("RGB"), dtype=float)
-        width = run_vis.figure_size(rows, cols, extra_w)[0]
-        assert image.shape[1] == round(width * run_vis.DPI), name
-        assert image.shape[0] >= rows * run_vis.PANEL_IN * run_vis.DPI, name
+        width = vis_figures.figure_size(rows, cols, extra_w)[0]
+        assert image.shape[1] == round(width * vis_figures.DPI), name
+        assert image.shape[0] >= rows * vis_figures.PANEL_IN * vis_figures.DPI, name
         assert image.var() > 100, name  # not blank
         assert (image.min(-1) < 200).mean() > 0.2, name  # mostly drawing, not white space
     gif = Image.open(os.path.join(out, "frames.gif"))
