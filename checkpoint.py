@@ -29,6 +29,7 @@ import shutil
 import torch
 import torch.nn.functional as F
 
+import modeling_resnet3d
 import modeling_tpn
 from modeling_encoder import (POS_EMBED_TABLES, VideoViTEncoder, sincos_3d_table,
                               sinusoid_table)
@@ -730,7 +731,7 @@ def _load_cnn(model, ckpt, source, strict=False):
 
 
 def checkpoint_shift_place(ckpt, layout):
-    """The TSM shift place (``modeling_tpn.TSM_SHIFT_PLACES``) a CNN checkpoint was trained
+    """The TSM shift place (``modeling_resnet3d.TSM_SHIFT_PLACES``) a CNN checkpoint was trained
     with, and the evidence, or ``(None, None)`` when it does not tell.
 
     mmaction2's files use the residual shift (``shift_place='blockres'``); decisionforce/TPN's
@@ -748,7 +749,7 @@ def checkpoint_shift_place(ckpt, layout):
                                 and "meta" in ckpt and "model" not in ckpt):
         return "inplace", "the decisionforce/TPN layout"
     place = saved_args(ckpt).get("tsm_shift")
-    return ((place, "the saved arguments") if place in modeling_tpn.TSM_SHIFT_PLACES
+    return ((place, "the saved arguments") if place in modeling_resnet3d.TSM_SHIFT_PLACES
             else (None, None))
 
 
@@ -762,7 +763,7 @@ def adopt_tsm_shift(model, ckpt, source, layout=None):
         the place the model uses now, or None (not a TSM model).
     """
     backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, modeling_tpn.TSMResNet):
+    if not isinstance(backbone, modeling_resnet3d.TSMResNet):
         return None
     if layout is None:
         layout = modeling_tpn.checkpoint_layout(unwrap_state_dict(ckpt))
@@ -772,10 +773,10 @@ def adopt_tsm_shift(model, ckpt, source, layout=None):
         print(f"TSM shift: {own} (--tsm_shift); {source} records none")
     elif place != own:
         backbone.set_shift_place(place)
-        print(f"TSM shift: {modeling_tpn.TSM_SHIFT_PLACES[place]}, from {evidence} of "
+        print(f"TSM shift: {modeling_resnet3d.TSM_SHIFT_PLACES[place]}, from {evidence} of "
               f"{source}, instead of --tsm_shift {own}")
     else:
-        print(f"TSM shift: {modeling_tpn.TSM_SHIFT_PLACES[place]}, from {evidence} of {source}")
+        print(f"TSM shift: {modeling_resnet3d.TSM_SHIFT_PLACES[place]}, from {evidence} of {source}")
     return backbone.shift_place
 
 

@@ -128,7 +128,7 @@ def create_classifier(name, num_classes=400, fc_drop_rate=None, init_scale=0.001
     ``fc_drop_rate``: dropout before the head; None = the family's recipe (ViT 0, CNN 0.5).
     ``init_scale``: the ViT's new head is scaled by it (``--init_scale``).
     ``kwargs``: as in :func:`create_student`, plus ``tsm_shift`` (the TSM backbones' shift
-    place, ``modeling_tpn.TSM_SHIFT_PLACES``; None = residual; a ViT ignores it). A CNN reads
+    place, ``modeling_resnet3d.TSM_SHIFT_PLACES``; None = residual; a ViT ignores it). A CNN reads
     ``num_frames``, ``use_checkpoint`` and ``tsm_shift`` only (it takes any input size, has no
     drop path and no position table). Raises ValueError for an unknown name.
     """

@@ -48,7 +48,7 @@ from flag_checks import check_flags
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, CNN_MODELS, create_classifier
 from modeling_encoder import add_pos_embed_arg, compile_blocks
-from modeling_tpn import TSM_SHIFT_PLACES
+from modeling_resnet3d import TSM_SHIFT_PLACES
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
 from reproducibility import all_rng_states, resume_rng_state

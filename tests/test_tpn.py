@@ -1,4 +1,4 @@
-"""TPN and its backbones (modeling_tpn.py) and their path through the fine-tuning script:
+"""TPN and its backbones (modeling_tpn.py, modeling_resnet3d.py) and their path through the fine-tuning script:
 published model sizes, pyramid shapes, I3D inflation, the temporal shift, fully
 convolutional and flipped testing, the decisionforce/TPN and mmaction2 checkpoint layouts,
 the SGD / multi-step recipe, Something-Something V1 frame folders and a short tpn_r50 run on
@@ -21,8 +21,8 @@ from datasets import build_dataset, load_frames, tsn_sample_indices
 from datasets.annotations import convert_ssv1
 from engine_for_finetuning import classification_loss, multiview_test
 from model_factory import CNN_MODELS, create_classifier
-from modeling_tpn import (TPN, AuxOutput, ClsHead, TemporalShiftConv2d, checkpoint_layout,
-                          create_cnn, temporal_shift, tpn_rates)
+from modeling_resnet3d import TemporalShiftConv2d, temporal_shift
+from modeling_tpn import TPN, AuxOutput, ClsHead, checkpoint_layout, create_cnn, tpn_rates
 from optim_factory import build_lr_scheduler, build_optimizer, scale_lrs
 from tools.make_demo_splits import make_demo_splits
 
