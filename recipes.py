@@ -128,6 +128,9 @@ COMPARED = {"total_batch": "effective batch (clips per update: --batch_size x pr
             "test_views": "test views (--test_num_segment x --test_num_crop)"}
 
 
+TEST_SETTINGS = ("num_frames", "sampling_rate", "data_set", "nb_classes", "test_views")
+
+
 def get_recipe(name):
     """The :class:`Recipe` of ``name``. Raises ValueError naming ``--recipe`` and the known
     names."""
@@ -154,7 +157,8 @@ def resolved_settings(args, world_size=None):
 def drift(args, world_size=None):
     """The differences between a run and its ``args.recipe``: ``[{setting, ours,
     published}]`` (empty without ``--recipe`` or when it follows the row). A setting the
-    recipe leaves open (None) is not compared.
+    recipe leaves open (None) is not compared; a test alone (``--eval``) compares only
+    :data:`TEST_SETTINGS`.
 
     Raises:
         ValueError: an unknown ``--recipe``.
@@ -164,8 +168,10 @@ def drift(args, world_size=None):
     recipe = get_recipe(args.recipe)
     published = {**asdict(recipe), "total_batch": recipe.total_batch}
     ours = resolved_settings(args, world_size)
+    # a test alone (--eval): only what the test sees
+    compared = TEST_SETTINGS if getattr(args, "eval", False) else COMPARED
     out = []
-    for key in COMPARED:
+    for key in compared:
         want, got = published[key], ours[key]
         if want is None:
             continue
