@@ -101,8 +101,9 @@ def reproduce_command(args, script):
         if not action.option_strings or dest not in args or dest in ("help", "local_rank"):
             continue
         value, default = args[dest], action.default
-        if value == default or (isinstance(value, list) and list(value) == default):
-            continue
+        if value == default or value is None or (isinstance(value, list)
+                                                 and list(value) == default):
+            continue  # None: a derived value the run filled in (a CNN's table ...)
         flag = action.option_strings[0]
         if isinstance(action, argparse.BooleanOptionalAction):
             words.append(flag if value else f"--no-{flag[2:]}")
