@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+import extract_features
 import run_class_finetuning as rcf
 from checkpoint import (DivergedWeightsError, WEIGHT_BOUND, load_checkpoint, load_pretrained,
                         save_checkpoint)
@@ -64,6 +65,10 @@ def test_mvd_finetuned_file_gives_mvds_logits_without_a_flag(tmp_path, capsys):
     assert "use_cls_token, merge_test, eval_log_name, remove_pos_emb" in out
     rcf.resolve_args(args, model)
     assert args.pos_embed == "sincos_3d"
+    enc = extract_features.build_feature_encoder(path, "vit_tiny_patch16_224", 32, 4)
+    with torch.no_grad():  # extract_features.py without --pos_embed: the same features
+        torch.testing.assert_close(enc(x)[1], model.forward_head(
+            model.forward_features(x).tokens, pre_logits=True))
     # a VideoMAE-style Namespace (no MVD-only flag) keeps --pos_embed: the 1-D table
     plain = str(tmp_path / "videomae.pth")
     _mvd_save_model(plain, sd, argparse.Namespace(model="vit_tiny_patch16_224"))

@@ -95,9 +95,12 @@ def test_release_round_trips_through_every_entry_point(release, tmp_path):
         args = rcf.get_args_parser().parse_args(["--data_path", "unused", "--nb_classes", "5",
                                                  "--finetune", source, *BASE])
         built.append(rcf.build_model(args).eval())
+    resumed = create_classifier("vit_tiny_patch16_224", num_classes=5, **TINY).eval()
+    args.resume, args.output_dir = out, ""  # --resume / --eval --resume of the directory
+    assert rcf._resume(args, resumed) == out
     with torch.no_grad():
         want = model(x)
-        for m in built:
+        for m in (*built, resumed):
             assert torch.equal(m(x), want)
     # --eval: identical predictions
     eval_out = str(tmp_path / "eval")
