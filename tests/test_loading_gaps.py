@@ -221,5 +221,5 @@ def test_summary_states_the_protocol_and_the_lists_fingerprint(tmp_path, classif
     assert len(s["annotation_sha256"]) == 64 and s["annotation_sha256"] != t["annotation_sha256"]
     assert s["top1"] == t["top1"]  # the same videos, listed in another order
     out = capsys.readouterr().out
-    assert f"test protocol 4x2x1 (frames x clips x crops) on UCF101 (5 classes)" in out
+    assert "test protocol 4x2x1 (frames x clips x crops) on UCF101 (5 classes)" in out
     assert f"sha256 {s['annotation_sha256'][:16]}" in out
