@@ -14,7 +14,8 @@ import extract_features
 import run_class_finetuning as rcf
 from checkpoint import load_teacher, save_checkpoint
 from conftest import VIDEOS
-from model_factory import create_classifier, create_teacher
+from model_factory import create_classifier, create_student, create_teacher
+from run_mmkd_pretraining import get_args_parser as pretraining_parser
 from test_finetuning import DIST_CLIPS, _anno_dir, _main_error
 from tools.export_release import export_release
 from tools.export_release import main as export_main
@@ -160,3 +161,27 @@ def test_a_3d_table_release_and_a_bad_file(tmp_path, capsys):
     # the refusal through the fine-tuning script reads the same
     assert "non-floating" in _main_error(["--data_path", "unused", "--nb_classes", "5",
                                           "--finetune", ints, *BASE])
+
+
+def test_a_pretraining_release_is_a_teacher(tmp_path):
+    """A VideoMAE pre-training checkpoint (run_mae_pretraining.py's arguments): the release
+    names the method and the command, and --path_t of it gives the same teacher."""
+    student = create_student("pretrain_videomae_tiny_patch16_224", decoder_depth=1, **TINY)
+    args = pretraining_parser(teacher=False).parse_args(
+        ["--data_path", "train.csv", "--model", "pretrain_videomae_tiny_patch16_224",
+         "--input_size", "32", "--num_frames", "4", "--epochs", "3"])
+    ckpt = str(tmp_path / "checkpoint-2.pth")
+    save_checkpoint(ckpt, {"model": student.state_dict(), "args": dict(vars(args), world_size=1)})
+    out = str(tmp_path / "release")
+    config = export_release(ckpt, out)
+    assert (config["method"], config["pos_embed"], config["transformers"]) == \
+        ("VideoMAE", "sincos_1d", False)
+    card = open(os.path.join(out, "README.md")).read()
+    assert "python run_mae_pretraining.py" in card and "--epochs 3" in card
+    assert "@inproceedings{tong2022videomae" in card
+    teachers = []
+    for source in (ckpt, out):
+        teacher = create_teacher("pretrain_videomae_teacher_tiny_patch16_224", **TINY)
+        load_teacher(teacher, source)
+        teachers.append(teacher.encoder.state_dict())
+    assert all(torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0])

@@ -71,6 +71,8 @@ def method_of(args, recipe):
     if "mvd" in name or "image_teacher_model" in args or args.get("pos_embed") == "sincos_3d" \
             or any(k in args for k in ("use_cls_token", "merge_test")):
         return "MVD"
+    if args.get("use_teacher") is False:  # run_mae_pretraining.py
+        return "VideoMAE"
     if name.startswith(("kd", "finetune_")) or "distill" in args:
         return "MMKD"
     return "VideoMAE"
@@ -82,11 +84,14 @@ def script_of(args):
         return "run_class_finetuning.py"
     if "image_teacher_model" in args:
         return "run_mvd_pretraining.py"
-    return "run_mmkd_pretraining.py" if "distill" in args else "run_mae_pretraining.py"
+    return "run_mae_pretraining.py" if args.get("use_teacher") is False else \
+        "run_mmkd_pretraining.py"
 
 
 def _parser(script):
     import importlib
+    if script == "run_mae_pretraining.py":  # the MMKD parser without the teacher's flags
+        return importlib.import_module("run_mmkd_pretraining").get_args_parser(teacher=False)
     return importlib.import_module(script[:-3]).get_args_parser()
 
 
