@@ -19,6 +19,7 @@ from datasets.annotations import validate_annotation
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation
 from model_factory import create_classifier, create_student
 from test_finetuning import DIST_CLIPS, _anno_dir, _main_error
+from tools import convert_checkpoint
 from test_position_tables import CLASSES, _finetune_model, loop_3d_table, mvd_finetuned_state, \
     mvd_forward
 
@@ -108,6 +109,12 @@ def test_integer_weights_are_refused_and_float64_cast(classifier_file, tmp_path,
     msg = _main_error(["--data_path", data, "--nb_classes", "5", "--eval", "--finetune", ints,
                        *BASE])
     assert msg.startswith("error: checkpoint") and "non-floating" in msg
+    with pytest.raises(SystemExit) as e:  # nor is it converted
+        convert_checkpoint.cli(["to-hf", "--checkpoint", ints, "--model",
+                                 "vit_tiny_patch16_224", "--nb_classes", "5", "--num_frames",
+                                 "4", "--input_size", "32", "--output_dir",
+                                 str(tmp_path / "hf")])
+    assert "non-floating" in str(e.value.code) and not os.path.exists(tmp_path / "hf")
     doubles = str(tmp_path / "float64.pth")
     torch.save({"model": {k: v.double() for k, v in state.items()}}, doubles)
     capsys.readouterr()
