@@ -63,17 +63,54 @@ def _free_space(path):
         free /= 1024
 
 
+# Largest |weight| a checkpoint is written with. Trained ViT and CNN weights (BatchNorm
+# statistics included) are O(1)-O(100); a run whose loss exploded on its last update holds
+# weights of 1e20 and beyond while its loss still looks finite.
+WEIGHT_BOUND = 1e6
+
+
+class DivergedWeightsError(CheckpointWriteError):
+    """The weights to be saved are non-finite or beyond :data:`WEIGHT_BOUND`; nothing was
+    written. A CheckpointWriteError, so every script stops on it as on a failed write."""
+
+
+def weights_problem(state, bound=WEIGHT_BOUND):
+    """Why the floating tensors of ``state`` (a state dict) are not sane, or None: the first
+    key holding a NaN / inf, else the key with the largest ``|w|`` when that exceeds
+    ``bound``."""
+    worst, worst_key = 0.0, None
+    for key, value in state.items():
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()) or not value.numel():
+            continue
+        if not torch.isfinite(value).all():
+            return f"{key} holds NaN or inf"
+        m = value.detach().abs().max().item()
+        if m > worst:
+            worst, worst_key = m, key
+    return f"max |w| {worst:.3g} in {worst_key} (bound {bound:g})" if worst > bound else None
+
+
 def save_checkpoint(path, state):
     """Write ``state`` to ``path`` atomically: into a temporary file ``<path>.tmp.<pid>`` in
     the same directory, flushed to disk, then renamed over ``path``, so a crash never leaves a
     torn file and the previous checkpoint stays until the new one is complete. Temporary
     files of killed runs are removed when the next run claims the directory
-    (``run_dir.claim_output_dir``).
+    (``run_dir.claim_output_dir``). Weights (``state['model']``) that are non-finite or
+    beyond :data:`WEIGHT_BOUND` are never written, so the newest checkpoint of a run always
+    holds sane weights.
 
     Raises:
+        DivergedWeightsError: (a CheckpointWriteError) insane weights; one line naming the
+            tensor and the last checkpoint of the directory, whose weights were sane.
         CheckpointWriteError: the file could not be written (disk full, ...); the temporary
             file is removed first.
     """
+    problem = weights_problem(state.get("model") or {}) if isinstance(state, dict) else None
+    if problem:
+        last = latest_checkpoint(os.path.dirname(os.path.abspath(path)))
+        raise DivergedWeightsError(f"not writing checkpoint {path}: the weights diverged "
+                                   f"({problem}); last checkpoint whose weights were sane: "
+                                   f"{last or 'none written yet'}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -151,11 +188,72 @@ def load_checkpoint(path):
     """
     if str(path).lower().endswith((".h5", ".hdf5")):  # the TF/Keras port's weights, via h5py
         from keras_interop import load_keras_weights
-        return load_keras_weights(path)  # already in the canonical layout
+        return _checked_dtypes(load_keras_weights(path), path)  # already canonical
+    release = read_release_config(path)
     path = checkpoint_file(path)
+    if release is not None:  # weights + the run's recorded settings, as a checkpoint has them
+        return _checked_dtypes({"model": _load_safetensors(path),
+                                "args": release.get("args") or {}}, path)
     if path.endswith(".safetensors"):
-        return _load_safetensors(path)
-    return _load_torch(path)
+        return _checked_dtypes(_load_safetensors(path), path)
+    return _checked_dtypes(_load_torch(path), path)
+
+
+# A release directory (tools/export_release.py): model.safetensors (weights only) and a
+# config.json carrying this marker, the model's settings and the run's arguments.
+RELEASE_FORMAT = "video-distillation-release/1"
+
+
+def read_release_config(path):
+    """The ``config.json`` of a release directory (:data:`RELEASE_FORMAT`), or None for
+    anything else (a file, a Hugging Face or DeepSpeed directory)."""
+    config = os.path.join(str(path), "config.json")
+    if not os.path.isdir(str(path)) or not os.path.isfile(config):
+        return None
+    import json
+    try:
+        with open(config) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {config}: {e}") from None
+    return data if isinstance(data, dict) and data.get("release_format") == RELEASE_FORMAT else None
+
+
+# Non-floating tensors a model legitimately holds: BatchNorm's update counter.
+_INTEGER_BUFFERS = ("num_batches_tracked",)
+
+
+def _checked_dtypes(ckpt, path):
+    """``ckpt`` with its weights checked: integer / bool weights (a file of indices or masks,
+    or a broken conversion: it would load as a model of zeros) are refused; float64 weights
+    are cast to float32 in place, with a note. Returns ``ckpt``.
+
+    Raises:
+        ValueError: one line naming the file and the non-floating keys with their dtypes.
+    """
+    weights = ckpt
+    for key in ("model", "module", "state_dict"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            weights = ckpt[key]
+            break
+    if not isinstance(weights, dict):
+        return ckpt
+    tensors = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    bad = [k for k, v in tensors.items()
+           if not v.is_floating_point() and not k.endswith(_INTEGER_BUFFERS)]
+    if bad:
+        shown = ", ".join(f"{k} ({str(tensors[k].dtype).replace('torch.', '')})" for k in bad[:6])
+        raise ValueError(f"checkpoint {path!r} holds {len(bad)} non-floating weight tensors "
+                         f"({shown}{' ...' if len(bad) > 6 else ''}); model weights are "
+                         f"float32, float16 or bfloat16: it is not a model's weights, or was "
+                         f"converted wrongly")
+    doubles = [k for k, v in tensors.items() if v.dtype == torch.float64]
+    for k in doubles:
+        weights[k] = tensors[k].float()
+    if doubles:
+        print(f"note: {path}: {len(doubles)} float64 weight tensors (e.g. {doubles[0]}) cast "
+              f"to float32")
+    return ckpt
 
 
 def _load_safetensors(path):
@@ -522,13 +620,39 @@ def checkpoint_position_table(ckpt, grid, src_grid=None):
         ``(kind, evidence)``: its stored ``pos_embed`` recognised (:func:`recognise_position_table`;
         evidence ``'stored'``: MVD pre-training files, learned tables), else the ``pos_embed``
         of its saved run arguments (ours record ``--pos_embed``; evidence ``'args'``), else
-        ``(None, None)`` (VideoMAE, MVD fine-tuned and Hugging Face files record none).
+        ``('sincos_3d', 'mvd_args')`` when those arguments are MVD fine-tuning's
+        (:func:`mvd_finetune_flags`), else ``(None, None)`` (VideoMAE's fine-tuned and
+        Hugging Face files record none).
     """
     _, state = canonical_state_dict(ckpt)
     if "pos_embed" in state:
         return recognise_position_table(state["pos_embed"], grid, src_grid)[0], "stored"
-    kind = saved_args(ckpt).get("pos_embed")
-    return (kind, "args") if kind in POS_EMBED_TABLES else (None, None)
+    saved = saved_args(ckpt)
+    kind = saved.get("pos_embed")
+    if kind in POS_EMBED_TABLES:
+        return kind, "args"
+    if mvd_finetune_flags(saved):  # MVD's classifier builds the 3-D table and stores none
+        return "sincos_3d", "mvd_args"
+    return None, None
+
+
+# Flags only MVD's run_class_finetuning.py has (VideoMAE's, MMKD's and ours have none of
+# them): a fine-tuned file whose saved arguments carry them was written by MVD.
+MVD_FINETUNE_FLAGS = ("use_cls_token", "merge_test", "eval_log_name", "remove_pos_emb")
+
+
+def mvd_finetune_flags(saved):
+    """The :data:`MVD_FINETUNE_FLAGS` in ``saved`` (a :func:`saved_args` dict).
+
+    Raises:
+        ValueError: the file was fine-tuned with ``--use_cls_token`` (a class token, which
+            our classifiers do not have)."""
+    found = [f for f in MVD_FINETUNE_FLAGS if f in saved]
+    if found and saved.get("use_cls_token"):
+        raise ValueError("the checkpoint was fine-tuned by MVD with --use_cls_token (a class "
+                         "token before the patch tokens); our classifiers mean-pool the patch "
+                         "tokens and have no class token")
+    return found
 
 
 def saved_args(ckpt):
@@ -547,8 +671,9 @@ def adopt_position_table(model, ckpt, source, src_grid=None):
     recognised fixed table it stores, or the one its saved arguments record; a note says so
     when they differ (the weights were trained with the checkpoint's table; any other gives
     wrong features silently). A learned table is left to :func:`load_pretrained`. A file
-    that records none (VideoMAE's and MVD's fine-tuned files) leaves the model's own: MVD's
-    need ``--pos_embed sincos_3d``.
+    that records none (VideoMAE's fine-tuned and Hugging Face files) leaves the model's own;
+    MVD's fine-tuned files get the 3-D table, recognised from MVD-only flags in their saved
+    arguments (:data:`MVD_FINETUNE_FLAGS`).
 
     Args:
         model: an encoder, classifier, student or teacher (``patch_embed``,
@@ -559,7 +684,9 @@ def adopt_position_table(model, ckpt, source, src_grid=None):
     """
     kind, evidence = checkpoint_position_table(ckpt, model.patch_embed.grid_size, src_grid)
     own = model.pos_embed_type
-    where = "stored in" if evidence == "stored" else "recorded in the arguments of"
+    where = {"stored": "stored in", "args": "recorded in the arguments of"}.get(
+        evidence, f"which MVD's fine-tuning builds (the saved arguments carry MVD's flags "
+                  f"{', '.join(mvd_finetune_flags(saved_args(ckpt)))}) for")
     if kind is None:
         print(f"position table: {position_table_name(own)} (--pos_embed {own}); {source} "
               f"records none")

@@ -162,6 +162,8 @@ def add_run_args(parser):
     a("--auto_resume", action=argparse.BooleanOptionalAction, default=True,
       help="resume from the newest checkpoint in --output_dir")
     a("--start_epoch", type=int, default=0)
+    a("--recipe", default=None, metavar="NAME", help="the published recipe (recipes.RECIPES) "
+      "this run reproduces; the zoo scripts pass it: differences are printed and recorded")
     a("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     a("--dist_url", default="env://", help=argparse.SUPPRESS)
     a("--world_size", type=int, default=1, help=argparse.SUPPRESS)

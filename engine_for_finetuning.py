@@ -428,7 +428,7 @@ def write_predictions(path, video_ids, labels, mean_probs, num_views, k=5):
 
 
 def multiview_test(model, data_loader, device, *, amp_dtype=None, dtype=None, output_dir="",
-                   views_per_video=None, flip=False):
+                   views_per_video=None, flip=False, record=None):
     """The multi-view test: score every view, gather, average per video, report.
 
     Args:
@@ -438,6 +438,8 @@ def multiview_test(model, data_loader, device, *, amp_dtype=None, dtype=None, ou
         output_dir: when set, rank 0 writes ``predictions.csv`` (:func:`write_predictions`)
             and ``test_summary.json`` there.
         views_per_video: ``test_num_segment * test_num_crop``, recorded in the summary.
+        record: more entries for the summary (``eval_protocol.test_record``: the protocol,
+            the videos listed and found, the list's fingerprint).
     Returns:
         the summary dict on every process: :func:`multiview_metrics` plus ``num_views``
         (distinct views scored), ``skipped_views``, ``views_per_video``.
@@ -452,7 +454,7 @@ def multiview_test(model, data_loader, device, *, amp_dtype=None, dtype=None, ou
         labels = torch.tensor([label_of[v] for v in videos.tolist()], dtype=torch.long)
         summary = multiview_metrics(mean_probs, labels)
         summary.update(num_views=int(num_views.sum()), skipped_views=int(merged["skipped"]),
-                       views_per_video=views_per_video)
+                       views_per_video=views_per_video, **(record or {}))
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
             ids = [merged["video_ids"][v] for v in videos.tolist()]

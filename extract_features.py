@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from checkpoint import canonical_state_dict, load_checkpoint, load_pretrained
+from checkpoint import canonical_state_dict, load_checkpoint, load_pretrained, read_release_config
 from datasets.sampling import dense_test_indices
 from datasets.transforms import EvalTransform
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation
@@ -74,7 +74,8 @@ def build_feature_encoder(checkpoint, model_name=None, img_size=224, num_frames=
 
     Args:
         checkpoint: file or directory; a Hugging Face directory (with ``config.json``) brings
-            its own architecture and geometry.
+            its own architecture and geometry, a release directory
+            (``tools/export_release.py``) its model name and position table.
         model_name: size of the encoder in any other case (``--model``).
         img_size, num_frames: clip geometry for our checkpoints (any size: the position
             table is a fixed one, rebuilt for it).
@@ -84,9 +85,11 @@ def build_feature_encoder(checkpoint, model_name=None, img_size=224, num_frames=
         ValueError: no ``--model`` for a non-Hugging Face checkpoint; weights that do not fit.
         FileNotFoundError: no checkpoint.
     """
-    if os.path.isfile(os.path.join(str(checkpoint), "config.json")):
+    release = read_release_config(checkpoint)  # ours: weights + recorded settings
+    if release is None and os.path.isfile(os.path.join(str(checkpoint), "config.json")):
         from hf_interop import from_hf
         return FeatureEncoder(from_hf(checkpoint)[0]).eval()
+    model_name = model_name or (release or {}).get("model")
     if not model_name:
         raise ValueError("--model is needed for a checkpoint that is not a Hugging Face directory")
     size = _size(model_name)

@@ -13,6 +13,7 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 
 import distributed as du
+import recipes
 
 
 def add_optim_args(parser, *, lr, min_lr, warmup_epochs, opt_betas=None):
@@ -47,12 +48,14 @@ def add_optim_args(parser, *, lr, min_lr, warmup_epochs, opt_betas=None):
 
 def scale_lrs(args):
     """Set ``args.world_size``, ``args.total_batch_size`` (per process x processes x
-    accumulation) and ``args.{lr,min_lr,warmup_lr}_scaled`` (x total batch / 256)."""
+    accumulation) and ``args.{lr,min_lr,warmup_lr}_scaled`` (x total batch / 256); with
+    ``--recipe``, prints and records the differences from it (``recipes.report_drift``)."""
     args.world_size = du.get_world_size()
     args.total_batch_size = args.batch_size * args.world_size * args.update_freq
     scale = args.total_batch_size / 256
     args.lr_scaled, args.min_lr_scaled, args.warmup_lr_scaled = (
         args.lr * scale, args.min_lr * scale, args.warmup_lr * scale)
+    recipes.report_drift(args)  # --recipe: the resolved settings against the published row
 
 
 def fused_kwargs(args):

@@ -35,6 +35,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import distributed as du
+import eval_protocol
 from checkpoint import (CheckpointWriteError, adopt_position_table, adopt_tsm_shift,
                         checkpoint_candidates, first_loadable, latest_checkpoint,
                         load_imagenet_init, load_pretrained, load_resume_checkpoint,
@@ -176,6 +177,8 @@ def build_model(args):
         print(f"backbone initialised from the ImageNet weights {args.imagenet_init}")
     if args.finetune:  # encoder weights must all fit; fc_norm / head are new
         missing, unexpected = load_pretrained(model, args.finetune, args.finetune)
+        if args.eval:  # a test of a head the file does not have scores chance
+            eval_protocol.require_trained_head(missing, args.finetune, args.nb_classes)
         print(f"loaded {args.finetune}: new (missing) keys {missing or 'none'}; unused keys "
               f"{unexpected or 'none'}")
     return model
@@ -338,11 +341,13 @@ def _resume_deepspeed(args, engine):
 def run_test(args, model, loaders, device, **eval_kwargs):
     """The multi-view test on ``test.csv`` (``eval_kwargs``: ``amp_dtype`` / ``dtype`` of
     ``multiview_test``); prints and returns the summary."""
-    _, loader, _ = loaders["test"]
+    dataset, loader, _ = loaders["test"]
+    record = eval_protocol.test_record(args, dataset)  # what the result is comparable with
+    print(eval_protocol.describe(record))
     t0 = time.time()
     summary = multiview_test(model, loader, device, **eval_kwargs, output_dir=args.output_dir,
                              views_per_video=args.test_num_segment * args.test_num_crop,
-                             flip=args.test_flip)
+                             flip=args.test_flip, record=record)
     print(f"multi-view test ({args.test_num_segment}x{args.test_num_crop} views"
           f"{', fully convolutional' if args.fcn_test else ''}"
           f"{', flip averaged in' if args.test_flip else ''}) of "

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .video_io import VideoDecodeError, load_frames, parse_annotation_line
+from .video_io import VideoDecodeError, load_frames, not_a_video_file, parse_annotation_line
 
 
 def _read_lines(path):
@@ -202,10 +202,14 @@ def check_video(path, min_frames=1, num_probe=4):
 
     Returns:
         ``(kind, message)``: ``('ok', ...)``, ``('short', ...)`` (fewer than ``min_frames``
-        frames), ``('missing', ...)`` or ``('corrupted', reason)``.
+        frames), ``('missing', ...)``, ``('not_a_file', what)`` (a FIFO, socket or device)
+        or ``('corrupted', reason)``.
     """
     if not os.path.exists(path):
         return "missing", "file not found"
+    special = not_a_video_file(path)
+    if special:
+        return "not_a_file", f"{special}, not a video file or frame folder"
     count = []
 
     def probe(n, fps):
@@ -229,7 +233,8 @@ def validate_annotation(anno_path, data_root="", nb_classes=None, num_frames=16,
     """Check every line of an annotation file; see the module docstring.
 
     Returns:
-        ``ValidationReport``. Error kinds: ``format``, ``label``, ``missing``, ``corrupted``;
+        ``ValidationReport``. Error kinds: ``format``, ``label``, ``missing``, ``not_a_file`` (a FIFO,
+        socket or device), ``corrupted``;
         warning kinds: ``short``, ``empty_class``.
     Raises:
         FileNotFoundError: the annotation file is missing.
@@ -258,7 +263,7 @@ def validate_annotation(anno_path, data_root="", nb_classes=None, num_frames=16,
         results = [check_video(*job) for job in jobs]
     seen = set()
     for (lineno, line, path, label), (kind, message) in zip(entries, results):
-        if kind in ("missing", "corrupted"):
+        if kind in ("missing", "not_a_file", "corrupted"):
             report.add(report.errors, kind, lineno, path, message)
             continue
         if kind == "short":

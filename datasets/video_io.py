@@ -21,6 +21,7 @@ NTU sample in 4 of 5; PyAV is also no slower on them (short UCF101/HMDB51-style 
 """
 import os
 import re
+import stat
 
 import numpy as np
 
@@ -78,6 +79,23 @@ def parse_annotation_line(line, sep=" "):
 _LINE_PATTERNS = {}
 
 
+def not_a_video_file(path):
+    """What ``path`` is when it exists but is neither a regular file nor a directory (a
+    FIFO, a socket, a device): ``'a FIFO (named pipe)'`` ..., else None. Decoders would
+    block on a FIFO or read a device forever, so such an entry is reported as what it is."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def read_annotation(path, data_root="", sep=" ", *, nb_classes=None, check_exists=False):
     """Read a ``path label`` annotation file.
 
@@ -121,6 +139,9 @@ def read_annotation(path, data_root="", sep=" ", *, nb_classes=None, check_exist
         video = os.path.join(data_root, video) if data_root else video
         if check_exists and not os.path.exists(video):
             raise FileNotFoundError(f"{where}: video file {video} not found")
+        if check_exists and not_a_video_file(video):
+            raise ValueError(f"{where}: {video} is {not_a_video_file(video)}, not a video file "
+                             f"or frame folder")
         samples.append((video, label))
     if not samples:
         raise ValueError(f"annotation file {path} is empty")
@@ -157,7 +178,8 @@ def load_frames(path, indices_fn, *, width=-1, height=-1, short_side=-1, check_l
         frames, indices = _folder_frames(path, indices_fn, width, height, check_last, short_side)
         return _checked(path, frames, indices, width, height)
     if not os.path.isfile(path):
-        raise VideoDecodeError(path, "file not found")
+        special = not_a_video_file(path)
+        raise VideoDecodeError(path, f"{special}, not a video file" if special else "file not found")
     use_decord = decord is not None and not path.lower().endswith(PYAV_EXTENSIONS)
     if short_side > 0 and not (width > 0 and height > 0) and use_decord:
         # decord needs the output size up front; PyAV (below) reads it from the stream

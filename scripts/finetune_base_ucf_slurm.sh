@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/ucf101}" "${OUTPUT_DIR:=output/finetune_base_ucf}" \
   "${MODEL_PATH:=output/kd_base_k400/checkpoint-399.pth}"
+export RECIPE=finetune_base_ucf
 GPUS="${GPUS:-4}" JOB_NAME="${JOB_NAME:-finetune_base_ucf}" exec "$LAUNCH" run_class_finetuning.py \
   "${FT_RECIPE[@]}" "${FT_BASE[@]}" "${FT_UCF[@]}" --finetune "$MODEL_PATH" \
   --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

@@ -8,6 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/finetune_mvd_huge_k400}" \
   "${MODEL_PATH:=output/mvd_huge_from_huge_k400/checkpoint-799.pth}"
+export RECIPE=finetune_mvd_huge_k400
 GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-finetune_mvd_huge_k400}" exec "$LAUNCH" run_class_finetuning.py \
   "${FT_MVD_RECIPE[@]}" "${FT_MVD_K400[@]}" "${FT_MVD_LARGE_HUGE[@]}" "${FT_MVD_K400_HUGE[@]}" --finetune "$MODEL_PATH" \
   --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

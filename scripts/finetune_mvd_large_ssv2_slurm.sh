@@ -9,6 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/ssv2}" "${OUTPUT_DIR:=output/finetune_mvd_large_ssv2}" \
   "${MODEL_PATH:=output/mvd_large_from_large_k400/checkpoint-399.pth}"
+export RECIPE=finetune_mvd_large_ssv2
 GPUS="${GPUS:-16}" JOB_NAME="${JOB_NAME:-finetune_mvd_large_ssv2}" exec "$LAUNCH" run_class_finetuning.py \
   "${FT_MVD_RECIPE[@]}" "${FT_MVD_SSV2[@]}" "${FT_MVD_LARGE_HUGE[@]}" "${FT_MVD_SSV2_LARGE[@]}" --finetune "$MODEL_PATH" \
   --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

@@ -8,6 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/ssv2}" "${OUTPUT_DIR:=output/finetune_mvd_small_ssv2}" \
   "${MODEL_PATH:=output/mvd_small_from_base_k400/checkpoint-399.pth}"
+export RECIPE=finetune_mvd_small_ssv2
 GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-finetune_mvd_small_ssv2}" exec "$LAUNCH" run_class_finetuning.py \
   "${FT_MVD_RECIPE[@]}" "${FT_MVD_SSV2[@]}" "${FT_MVD_SSV2_SMALL[@]}" --finetune "$MODEL_PATH" \
   --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/ucf101}" "${OUTPUT_DIR:=output/kd_base_ucf}" \
   "${TEACHER_PATH:=checkpoints/videomae_base_ucf101_3200e.pth}"
+export RECIPE=kd_base_ucf
 GPUS="${GPUS:-4}" JOB_NAME="${JOB_NAME:-kd_base_ucf}" exec "$LAUNCH" run_mmkd_pretraining.py \
   "${KD_RECIPE[@]}" "${KD_UCF[@]}" "${KD_BASE[@]}" "${KD_BASE_UCF[@]}" --path_t "$TEACHER_PATH" \
   --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR" "$@"

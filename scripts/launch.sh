@@ -13,6 +13,7 @@
 #   SRUN_ARGS      extra srun arguments, word-split (e.g. "--exclude=node07 --time=72:00:00")
 #   PYTHON         Python interpreter for srun (default: python)
 #   DRY_RUN=1      print the resolved command (shell-quoted) instead of running it
+#   RECIPE         published recipe (recipes.py) passed as --recipe; the zoo scripts set it
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ $# -lt 1 ]; then
@@ -21,6 +22,7 @@ if [ $# -lt 1 ]; then
 fi
 SCRIPT="$ROOT/$1"
 shift
+if [ -n "${RECIPE:-}" ]; then set -- --recipe "$RECIPE" "$@"; fi  # the zoo row (recipes.py)
 GPUS="${GPUS:-8}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-$(( GPUS < 8 ? GPUS : 8 ))}"
 CPUS_PER_TASK="${CPUS_PER_TASK:-10}"

@@ -8,6 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/k400/train.csv}" "${OUTPUT_DIR:=output/mvd_base_from_base_k400}" \
   "${IMAGE_TEACHER_PATH:=checkpoints/mae_pretrain_vit_base.pth}" \
   "${VIDEO_TEACHER_PATH:=checkpoints/videomae_base_k400_1600e.pth}"
+export RECIPE=mvd_base_from_base_k400
 GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-mvd_base_from_base_k400}" exec "$LAUNCH" run_mvd_pretraining.py \
   "${MVD_RECIPE[@]}" "${MVD_FROM_BASE[@]}" "${MVD_BASE[@]}" \
   --image_teacher_model_ckpt_path "$IMAGE_TEACHER_PATH" --video_teacher_model_ckpt_path "$VIDEO_TEACHER_PATH" \

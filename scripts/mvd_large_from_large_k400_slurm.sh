@@ -14,6 +14,7 @@ esac
 : "${DATA_PATH:=data/k400/train.csv}" "${OUTPUT_DIR:=output/$RUN}" \
   "${IMAGE_TEACHER_PATH:=checkpoints/mae_pretrain_vit_large.pth}" \
   "${VIDEO_TEACHER_PATH:=checkpoints/videomae_large_k400_1600e.pth}"
+export RECIPE="$RUN"
 GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-$RUN}" exec "$LAUNCH" run_mvd_pretraining.py \
   "${MVD_RECIPE[@]}" "${MVD_FROM_LARGE[@]}" "${MVD_LARGE[@]}" "${EPOCH_FLAGS[@]}" \
   --image_teacher_model_ckpt_path "$IMAGE_TEACHER_PATH" --video_teacher_model_ckpt_path "$VIDEO_TEACHER_PATH" \

@@ -8,6 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 fxs_flags "$FXS"
 : "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/slowonly_r50_k400_$FXS}" \
   "${IMAGENET_INIT:=pretrained/resnet50-0676ba61.pth}"
+export RECIPE="slowonly_r50_k400_$FXS"
 GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-slowonly_r50_k400_$FXS}" exec "$LAUNCH" run_class_finetuning.py \
   "${TPN_RECIPE[@]}" "${TPN_K400[@]}" "${FXS_FLAGS[@]}" --model slowonly_r50 \
   --imagenet_init "$IMAGENET_INIT" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" \

@@ -8,6 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 fxs_flags "$FXS"
 : "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/tpn_r101_k400_$FXS}" \
   "${IMAGENET_INIT:=pretrained/resnet101-63fe2227.pth}"
+export RECIPE="tpn_r101_k400_$FXS"
 GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-tpn_r101_k400_$FXS}" exec "$LAUNCH" run_class_finetuning.py \
   "${TPN_RECIPE[@]}" "${TPN_K400[@]}" "${FXS_FLAGS[@]}" --model tpn_r101 \
   --imagenet_init "$IMAGENET_INIT" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" \

@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
 : "${DATA_PATH:=data/ssv2}" "${OUTPUT_DIR:=output/tsm_r50_ssv2}" \
   "${IMAGENET_INIT:=pretrained/resnet50-0676ba61.pth}"
+export RECIPE=tsm_r50_ssv2
 GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-tsm_r50_ssv2}" exec "$LAUNCH" run_class_finetuning.py \
   "${TPN_RECIPE[@]}" "${TPN_SS[@]}" --data_set SSV2 --model tsm_r50 \
   --imagenet_init "$IMAGENET_INIT" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" \
