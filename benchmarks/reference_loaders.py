@@ -37,7 +37,7 @@ THEIR_MODULES = ("datasets", "kinetics", "ssv2", "transforms", "masking_generato
 def _pandas_stand_in():
     def read_csv(path, header=None, delimiter=" "):
         with open(path) as f:
-            rows = [line.rstrip("\n").split(delimiter) for line in f if line.strip()]
+            rows = [line.rstrip("\n").rsplit(delimiter, 1) for line in f if line.strip()]
         table = np.empty((len(rows), 2), dtype=object)
         for i, (name, label) in enumerate(rows):
             table[i] = name, int(label)
