@@ -47,8 +47,9 @@ def add_optim_args(parser, *, lr, min_lr, warmup_epochs, opt_betas=None):
 
 def scale_lrs(args, clips_per_item=1):
     """Set ``args.world_size``, ``args.total_batch_size`` (per process x ``clips_per_item``
-    x processes x accumulation; pre-training's ``--num_sample`` clips of one decode count, as
-    in VideoMAE V2) and ``args.{lr,min_lr,warmup_lr}_scaled`` (x total batch / 256)."""
+    x processes x accumulation: pre-training's ``--num_sample`` clips of one decode count;
+    VideoMAE V2's code counts the videos only, see MODEL_ZOO.md) and
+    ``args.{lr,min_lr,warmup_lr}_scaled`` (x total batch / 256)."""
     args.world_size = du.get_world_size()
     args.total_batch_size = args.batch_size * clips_per_item * args.world_size * args.update_freq
     scale = args.total_batch_size / 256

@@ -283,9 +283,10 @@ def main(args, build=build_models):
           f"mask {args.mask_ratio})")
     repeated = f"{args.num_sample} clips per video x " if args.num_sample > 1 else ""
     print(f"effective batch size {args.total_batch_size} = {args.batch_size} per process x "
-          f"{repeated}{args.world_size} processes x {args.update_freq} accumulation; lr {args.lr_scaled:.3e} "
-          f"= {args.lr:.3e} x {args.total_batch_size} / 256 (min {args.min_lr_scaled:.3e}, warm-up "
-          f"{warmup} updates); {steps_per_epoch} updates per epoch")
+          f"{repeated}{args.world_size} processes x {args.update_freq} accumulation; "
+          f"lr {args.lr_scaled:.3e} = {args.lr:.3e} x {args.total_batch_size} / 256 "
+          f"(min {args.min_lr_scaled:.3e}, warm-up {warmup} updates); {steps_per_epoch} updates "
+          f"per epoch")
     weights = loss_weights(args)
     print(f"loss weights: {weights}")
 

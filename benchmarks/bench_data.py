@@ -225,9 +225,9 @@ def print_stages(kind, names, videos, args, num_sample, passes):
     total = {k: sum(b[k] for b in best) / (len(names) * num_sample) for k in best[0]}
     shown = {k: x for k, x in total.items() if x > 0 or k == "crop"}
     whole = sum(shown.values())
-    print(f"{kind:>8} stages, optimised, num_sample {num_sample} (ms per clip, share): " + ", ".join(
-        f"{k} {x * 1e3:.2f} ({100 * x / whole:.0f} %)" for k, x in shown.items())
-        + f"; sum {whole * 1e3:.1f} ms = {1 / whole:.2f} clips/s")
+    parts = ", ".join(f"{k} {x * 1e3:.2f} ({100 * x / whole:.0f} %)" for k, x in shown.items())
+    print(f"{kind:>8} stages, optimised, num_sample {num_sample} (ms per clip, share): {parts}; "
+          f"sum {whole * 1e3:.1f} ms = {1 / whole:.2f} clips/s")
 
 
 def decoder_times(names, videos, args, passes):

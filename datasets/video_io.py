@@ -141,8 +141,9 @@ def load_frames(path, indices_fn, *, width=-1, height=-1, short_side=-1, check_l
         width, height (int): when both > 0, frames are resized while decoding.
         short_side (int): when > 0 (and no ``width``/``height``), a video whose short side is
             longer is scaled while decoding (FFmpeg's swscale, in the same pass as the
-            YUV -> RGB conversion; bicubic with decord2, bilinear with PyAV) so that its short side is ``short_side``, keeping the
-            aspect ratio (:func:`scaled_size`); smaller videos are decoded as they are.
+            YUV -> RGB conversion; bicubic with decord2, bilinear with PyAV) so that its
+            short side is ``short_side``, keeping the aspect ratio (:func:`scaled_size`);
+            smaller videos are decoded as they are.
             Data sets pass the smallest size their crops need, which saves the conversion
             and the later resize of full-size frames (e.g. 3x on 1080p sources).
         check_last (bool): also decode the video's last frame (not returned), so that a

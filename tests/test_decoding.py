@@ -36,7 +36,8 @@ CLIPS = {  # name: (frames, full-size MD5, scaled MD5 with decord 0.6.0, with de
                                "1f7b4eee40c9baaa91db91e99b9ce51c",
                                "35c1b268e4ba2bbb63cb0256bb236583"),
     "short_clip_part0.mp4": (32, "86a2ae77cca12633eeae2c90e4a54aff",
-                             "2486b2d6c52d7836cc99bc4bf718989f", "db7f1a9cc2211c70c227ebc178a315a5"),
+                             "2486b2d6c52d7836cc99bc4bf718989f",
+                             "db7f1a9cc2211c70c227ebc178a315a5"),
 }
 SCALED_PINS = {"0.6.0": 2, "3.4.0": 3}  # decord.__version__ -> column of CLIPS
 # the scale filter each version's FFmpeg uses by default (PyAV's name for it)

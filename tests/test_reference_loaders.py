@@ -63,7 +63,8 @@ def test_their_modules_in_ours_back(checkout, tmp_path):
     assert clip == "/videos/b.mp4"  # absolute paths, as their loaders take them
     assert type(mask).theirs and mask.window_size == (8, 14, 14) and mask.mask_ratio == 0.9
     # ours again, nothing of theirs or of the stand-ins left behind
-    assert sys.modules["datasets"] is datasets and sys.modules["masking_generator"] is masking_generator
+    assert sys.modules["datasets"] is datasets
+    assert sys.modules["masking_generator"] is masking_generator
     assert {k: sys.modules.get(k) for k in before} == before and sys.path == path
     assert "kinetics" not in sys.modules
 
