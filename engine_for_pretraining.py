@@ -109,6 +109,22 @@ def optimizer_update(model, optimizer, loss_scaler=None, clip_grad=None):
     return grad_norm
 
 
+def flatten_samples(videos, mask):
+    """Repeated sampling (VideoMAE V2's ``--num_sample``, as MAE-ST): the ``S`` clips cropped
+    and masked from one decoded window become separate batch rows.
+
+    Args:
+        videos: ``[B, 3, T, H, W]`` or ``[B, S, 3, T, H, W]``.
+        mask: bool ``[B, N]`` / ``[B, S, N]`` (or with the token grid's dims for ``N``).
+    Returns:
+        ``(videos [B*S, 3, T, H, W], mask [B*S, N])``; clip ``s`` of video ``b`` is row
+        ``b*S + s``.
+    """
+    if videos.ndim == 6:
+        return videos.flatten(0, 1), mask.flatten(0, 1).flatten(1)
+    return videos, mask.flatten(1)
+
+
 def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, weights,
                     lr_scheduler, wd_schedule, steps_per_epoch, loss_scaler=None,
                     amp_dtype=None, clip_grad=None, update_freq=1, num_k=10, num_f=10, kd_T=1.0,
@@ -121,7 +137,8 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
         teacher: frozen ``Teacher`` (MMKD), ``Teachers`` (MVD) or None (pixel-only
             VideoMAE pre-training).
         data_loader: yields dicts with ``video [B, 3, T, H, W]``, ``bool_masked_pos [B, N]``
-            and ``num_skipped`` (corrupted clips dropped from the batch).
+            (or ``[B, S, ...]`` with ``--num_sample S``: :func:`flatten_samples`) and
+            ``num_skipped`` (corrupted clips dropped from the batch).
         weights: :class:`losses.LossWeights`.
         lr_scheduler: timm scheduler stepped per optimizer update (``step_update``).
         wd_schedule: callable ``update -> weight decay`` for the groups that decay.
@@ -152,8 +169,9 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
             for g in optimizer.param_groups:
                 if g["weight_decay"] > 0:
                     g["weight_decay"] = wd
-        videos = batch["video"].to(device, non_blocking=True)
-        mask = batch["bool_masked_pos"].to(device, non_blocking=True).flatten(1).bool()
+        videos, mask = flatten_samples(batch["video"], batch["bool_masked_pos"])
+        videos = videos.to(device, non_blocking=True)
+        mask = mask.to(device, non_blocking=True).bool()
         loss, terms = forward_losses(student, teacher, videos, mask, weights=weights,
                                      device=device, amp_dtype=amp_dtype, num_k=num_k, num_f=num_f,
                                      kd_T=kd_T, temperature_s=temperature_s,

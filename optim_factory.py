@@ -46,12 +46,14 @@ def add_optim_args(parser, *, lr, min_lr, warmup_epochs, opt_betas=None):
       help="fused (single-kernel) AdamW/Adam on CUDA; ignored on CPU and for other --opt")
 
 
-def scale_lrs(args):
-    """Set ``args.world_size``, ``args.total_batch_size`` (per process x processes x
-    accumulation) and ``args.{lr,min_lr,warmup_lr}_scaled`` (x total batch / 256); with
-    ``--recipe``, prints and records the differences from it (``recipes.report_drift``)."""
+def scale_lrs(args, clips_per_item=1):
+    """Set ``args.world_size``, ``args.total_batch_size`` (per process x ``clips_per_item``
+    x processes x accumulation: pre-training's ``--num_sample`` clips of one decode count;
+    VideoMAE V2's code counts the videos only, see MODEL_ZOO.md) and
+    ``args.{lr,min_lr,warmup_lr}_scaled`` (x total batch / 256); with ``--recipe``, prints and
+    records the differences from it (``recipes.report_drift``)."""
     args.world_size = du.get_world_size()
-    args.total_batch_size = args.batch_size * args.world_size * args.update_freq
+    args.total_batch_size = args.batch_size * clips_per_item * args.world_size * args.update_freq
     scale = args.total_batch_size / 256
     args.lr_scaled, args.min_lr_scaled, args.warmup_lr_scaled = (
         args.lr * scale, args.min_lr * scale, args.warmup_lr * scale)

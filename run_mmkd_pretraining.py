@@ -60,7 +60,8 @@ def get_args_parser(teacher=True):
 
 def add_run_length_args(p, epochs):
     a = p.add_argument
-    a("--batch_size", type=int, default=64, help="clips per process and step")
+    a("--batch_size", type=int, default=64, help="videos per process and step (each gives "
+      "--num_sample clips in pre-training)")
     a("--epochs", type=int, default=epochs)
     a("--save_ckpt_freq", type=int, default=50, help="save every this many epochs (and at the end)")
     a("--update_freq", type=int, default=1, help="gradient accumulation steps")
@@ -126,6 +127,8 @@ def add_optim_and_data_args(p, opt_betas=(0.9, 0.95)):
     a("--data_root", default="", help="prefix for relative video paths")
     a("--num_frames", type=int, default=16)
     a("--sampling_rate", type=int, default=4)
+    a("--num_sample", type=int, default=1, help="repeated sampling (VideoMAE V2): clips cropped "
+      "and masked from each decoded window; the effective batch and the lr scaling count them")
     du.add_run_args(p)
 
 
@@ -158,7 +161,7 @@ def resolve_args(args, student, teacher):
         if views and args.num_k > limit:
             raise ValueError(f"--num_k {args.num_k} is larger than the {limit} visible keys "
                              f"{'per temporal slice' if 'local' in views else 'per clip'}")
-    scale_lrs(args)
+    scale_lrs(args, clips_per_item=args.num_sample)
     if args.weight_decay_end is None:
         args.weight_decay_end = args.weight_decay
     return gen
@@ -278,10 +281,12 @@ def main(args, build=build_models):
     print(f"student {args.model}: {n_params / 1e6:.2f}M trainable parameters, token grid "
           f"{args.token_grid}, {args.num_visible} visible tokens per clip ({args.mask_type} "
           f"mask {args.mask_ratio})")
+    repeated = f"{args.num_sample} clips per video x " if args.num_sample > 1 else ""
     print(f"effective batch size {args.total_batch_size} = {args.batch_size} per process x "
-          f"{args.world_size} processes x {args.update_freq} accumulation; lr {args.lr_scaled:.3e} "
-          f"= {args.lr:.3e} x {args.total_batch_size} / 256 (min {args.min_lr_scaled:.3e}, warm-up "
-          f"{warmup} updates); {steps_per_epoch} updates per epoch")
+          f"{repeated}{args.world_size} processes x {args.update_freq} accumulation; "
+          f"lr {args.lr_scaled:.3e} = {args.lr:.3e} x {args.total_batch_size} / 256 "
+          f"(min {args.min_lr_scaled:.3e}, warm-up {warmup} updates); {steps_per_epoch} updates "
+          f"per epoch")
     weights = loss_weights(args)
     print(f"loss weights: {weights}")
 

@@ -188,10 +188,12 @@ else:
 def version(module):
     if importlib.util.find_spec(module) is None:
         return None
-    try:
-        return md.version(module)
-    except md.PackageNotFoundError:
-        return "(version unknown)"
+    for dist in (module, module + "2"):  # decord's maintained fork is the package decord2
+        try:
+            return md.version(dist) + ("" if dist == module else f" ({dist})")
+        except md.PackageNotFoundError:
+            pass
+    return "(version unknown)"
 
 
 found = {m: version(m) for m in ("timm", "einops", "numpy", "torchvision", "av", "decord",

@@ -6,7 +6,7 @@
 # is in .whl/ before it runs; send the folder along with the working tree (about 42 MB).
 #
 #   bash benchmarks/gpu_wheels.sh                 # av, timm, deepspeed (+ pydantic, hjson)
-#   bash benchmarks/gpu_wheels.sh av decord       # these packages only (no dependencies)
+#   bash benchmarks/gpu_wheels.sh av decord2      # these packages only (no dependencies)
 #
 # Each package is the version installed in $PYTHON (default python) where it is installed, so
 # the GPU machine runs what the tests ran here. GPU_PYTHON_VERSION (default 3.12) is the GPU

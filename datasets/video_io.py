@@ -2,8 +2,9 @@
 
 Annotation files follow VideoMAE's ``train.csv``/``val.csv``/``test.csv`` (despite the
 name, one ``path label`` pair per line, space separated); comma-separated lines are accepted
-too. Decoding uses decord (``VideoReader(..., num_threads=1)``, only the requested frames via
-``get_batch``) and falls back to PyAV when decord is missing or cannot open a file.
+too. Decoding uses decord (the ``decord2`` package, decord's maintained fork with the same
+API; ``VideoReader(..., num_threads=1)``, only the requested frames via ``get_batch``) and
+falls back to PyAV when decord is missing or cannot open a file.
 
 Every decoding failure is reported as one exception type, ``VideoDecodeError``, so that data
 sets can skip the video. A partly decodable file (e.g. a broken H.264 stream: decord decodes
@@ -161,8 +162,9 @@ def load_frames(path, indices_fn, *, width=-1, height=-1, short_side=-1, check_l
         width, height (int): when both > 0, frames are resized while decoding.
         short_side (int): when > 0 (and no ``width``/``height``), a video whose short side is
             longer is scaled while decoding (FFmpeg's swscale, in the same pass as the
-            YUV -> RGB conversion) so that its short side is ``short_side``, keeping the
-            aspect ratio (:func:`scaled_size`); smaller videos are decoded as they are.
+            YUV -> RGB conversion; bicubic with decord2, bilinear with PyAV) so that its
+            short side is ``short_side``, keeping the aspect ratio (:func:`scaled_size`);
+            smaller videos are decoded as they are.
             Data sets pass the smallest size their crops need, which saves the conversion
             and the later resize of full-size frames (e.g. 3x on 1080p sources).
         check_last (bool): also decode the video's last frame (not returned), so that a

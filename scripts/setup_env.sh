@@ -14,6 +14,12 @@ fi
 STAMP="$ROOT/.venv/.installed-$(basename "$REQ")"
 if [ ! -f "$STAMP" ] || [ "$ROOT/$REQ" -nt "$STAMP" ] || [ "$ROOT/requirements.txt" -nt "$STAMP" ]; then
   echo "[setup] installing $REQ into .venv (first time: a few minutes, torch is large)"
+  # decord2 and the old decord both own site-packages/decord/: remove the old one first, or
+  # the two packages' files mix
+  if "$ROOT/.venv/bin/python" -m pip show -q decord >/dev/null 2>&1; then
+    echo "[setup] replacing decord with decord2 (its maintained fork)"
+    "$ROOT/.venv/bin/python" -m pip uninstall -q -y decord
+  fi
   "$ROOT/.venv/bin/python" -m pip install -q -r "$ROOT/$REQ"
   touch "$STAMP"
 else
