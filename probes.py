@@ -167,7 +167,8 @@ class AttentiveProbe(nn.Module):
         for m in self.modules():  # V-JEPA's probe initialisation (timm's ViT's)
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, tokens):
         q = self.query.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
