@@ -128,9 +128,6 @@ def resolve_args(args):
     if args.short_side_size < args.input_size:
         raise ValueError(f"--short_side_size {args.short_side_size} is smaller than the "
                          f"--input_size {args.input_size} crops")
-    if not os.path.isdir(args.data_path):
-        raise ValueError(f"--data_path must be a directory holding train.csv and test.csv, "
-                         f"got {args.data_path!r}")
     if args.feature_cache == "" and args.output_dir:
         args.feature_cache = os.path.join(args.output_dir, "feature_cache")
     if args.feature_cache == "none":
@@ -139,6 +136,9 @@ def resolve_args(args):
     args.update_freq, args.warmup_lr, args.min_lr, args.warmup_steps = 1, 0.0, 0.0, -1
     args.sched, args.num_sample, args.aa, args.reprob = "cosine", 1, None, 0.0
     check_flags(args)
+    if not os.path.isdir(args.data_path):
+        raise ValueError(f"--data_path must be a directory holding train.csv and test.csv, "
+                         f"got {args.data_path!r}")
 
 
 def build_encoder(args):
