@@ -19,7 +19,7 @@ from tqdm import tqdm
 from checkpoint import save_checkpoint
 from datasets import VideoClsDataset, read_annotation
 from datasets.collate import collate_skip_none
-from distributed import get_rank, get_world_size, is_dist, is_main_process
+from distributed import broadcast_from_main, get_rank, get_world_size, is_dist, is_main_process
 from engine_for_finetuning import multiview_metrics
 from engine_for_pretraining import autocast_context
 from extract_features import FeatureEncoder
@@ -95,8 +95,8 @@ def gather_views(part):
     if is_dist():
         parts = [None] * get_world_size()
         dist.all_gather_object(parts, part)
-    parts = [p for p in parts if p["features"].numel()] or parts[:1]
-    merged = {k: torch.cat([p[k] for p in parts]) for k in VIEW_KEYS}
+    rows = [p for p in parts if p["features"].numel()] or parts[:1]  # a rank may have none
+    merged = {k: torch.cat([p[k] for p in rows]) for k in VIEW_KEYS}
     key = merged["video_index"] * (int(merged["view"].max()) + 1 if merged["view"].numel() else 1) \
         + merged["view"]
     uniq, inverse = torch.unique(key, return_inverse=True)  # sorted
@@ -111,7 +111,8 @@ def gather_views(part):
 def cached_features(cache_file, compute):
     """The gathered view features in ``cache_file`` when it exists, else ``compute()``
     (every process), written there atomically by rank 0. Returns ``(features, hit)``."""
-    if cache_file and os.path.isfile(cache_file):
+    # rank 0 decides, so every process takes the same path (the computing one gathers)
+    if cache_file and broadcast_from_main(os.path.isfile(cache_file)):
         return torch.load(cache_file, weights_only=True), True
     merged = compute()
     if cache_file and is_main_process():
