@@ -166,9 +166,14 @@ class OnlineKNN:
     ``knn_val_list`` queried against ``knn_train_list``, at the end of epochs ``epoch`` with
     ``(epoch + 1) % knn_eval_freq == 0`` (so a resumed run keeps the schedule).
 
+    Decoding the videos is most of the cost, so the decoded clips (this process's share) are
+    kept in memory after the first evaluation when they fit in :attr:`KEEP_BYTES`; later
+    evaluations then only run the encoder.
+
     Use :meth:`from_args` (None when ``--knn_eval_freq`` is 0); call ``monitor(model, epoch,
     step, logger)`` at the end of every epoch.
     """
+    KEEP_BYTES = 1 << 30  # 1 GiB: about 110 clips of 16 x 224 x 224 float32
 
     def __init__(self, train_list, val_list, *, data_root="", freq=1, num_frames=16,
                  sampling_rate=4, input_size=224, batch_size=8, device="cpu"):
@@ -184,6 +189,10 @@ class OnlineKNN:
             test_num_segment=1, test_num_crop=1) for name, path in zip(("train", "val"),
                                                                        lists.values())}
         self.freq, self.batch_size, self.device = freq, batch_size, device
+        clip_bytes = 3 * num_frames * input_size ** 2 * 4
+        self.keep = sum(len(d) for d in self.sets.values()) * clip_bytes <= self.KEEP_BYTES \
+            * get_world_size()
+        self.kept = {}  # list name -> this process's decoded batches
         self.last = time.perf_counter()  # end of the previous call: the epoch's duration
 
     @classmethod
@@ -204,8 +213,8 @@ class OnlineKNN:
         encoder = FeatureEncoder(model).eval()
         try:
             views = {name: gather_views(view_features(
-                encoder, shard_loader(data, self.batch_size), self.device, desc=f"k-NN {name}"))
-                for name, data in self.sets.items()}
+                encoder, self._batches(name), self.device, desc=f"k-NN {name}"))
+                for name in self.sets}
         finally:
             model.train(was_training)
         _, bank, bank_labels = per_video(views["train"])
@@ -213,6 +222,16 @@ class OnlineKNN:
         probs = knn_scores(bank, bank_labels, queries, self.num_classes)
         m = multiview_metrics(probs, labels)
         return dict(knn_top1=m["top1"], knn_top5=m["top5"], knn_videos=m["num_videos"])
+
+    def _batches(self, name):
+        """This process's batches of list ``name``: decoded now, or kept from the first time."""
+        if name in self.kept:
+            return self.kept[name]
+        loader = shard_loader(self.sets[name], self.batch_size)
+        if not self.keep:
+            return loader
+        self.kept[name] = list(loader)
+        return self.kept[name]
 
     def __call__(self, model, epoch, step=None, logger=None):
         """At the end of ``epoch``: :meth:`evaluate` when the schedule asks for it (printed

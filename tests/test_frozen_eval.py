@@ -224,7 +224,10 @@ def test_two_processes_give_the_numbers_of_one(split, tmp_path):
     torch.manual_seed(0)
     knn = OnlineKNN(*lists, data_root=VIDEOS, num_frames=4, sampling_rate=2, input_size=32,
                     batch_size=3)
-    one.append(knn.evaluate(create_student(TINY, decoder_depth=1, img_size=32, num_frames=4)))
+    student = create_student(TINY, decoder_depth=1, img_size=32, num_frames=4)
+    one.append(knn.evaluate(student))
+    # the second evaluation encodes the clips kept from the first: the same numbers
+    assert set(knn.kept) == {"train", "val"} and knn.evaluate(student) == one[-1]
     for a, b in zip(one[:2], two[:2]):
         for k in ("top1", "top5", "mean_class_acc", "num_videos", "num_views", "skipped_views"):
             assert a[k] == b[k], k
@@ -252,6 +255,7 @@ def pretrained(split, tmp_path_factory):
     argv = ["--data_path", str(d / "pretrain.csv"), "--data_root", VIDEOS, "--model", TINY,
             "--decoder_depth", "1", "--batch_size", "2", "--mask_ratio", "0.5", "--lr", "1e-3",
             "--warmup_epochs", "0", "--save_ckpt_freq", "1", "--output_dir", str(d / "out"),
+            "--log_dir", str(d / "tb"),
             "--knn_eval_freq", "2", "--knn_train_list", os.path.join(split, "train.csv"),
             "--knn_val_list", os.path.join(split, "test.csv"), *PRE_CLIP]
     text = io.StringIO()
@@ -271,6 +275,10 @@ def test_online_knn_at_the_asked_epochs_and_after_resume(pretrained, split, tmp_
         if "knn_top1" in r:
             assert 0 <= r["knn_top1"] <= 100 and r["knn_top5"] == 100.0  # 2 classes
             assert r["knn_videos"] == 4  # the corrupted query is skipped
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(str(out.parent / "tb")).Reload()
+    # 2 updates per epoch: epochs 1 and 3 end at updates 4 and 8
+    assert [e.step for e in tb.Scalars("knn/knn_top1")] == [4, 8]
     no_val = argv[:argv.index("--knn_val_list")] + argv[argv.index("--knn_val_list") + 2:]
     with pytest.raises(SystemExit, match="needs --knn_val_list"):
         rmp.main(rmp.get_args_parser(teacher=False).parse_args(
