@@ -170,8 +170,8 @@ class OnlineKNN:
     kept in memory after the first evaluation when they fit in :attr:`KEEP_BYTES`; later
     evaluations then only run the encoder.
 
-    Use :meth:`from_args` (None when ``--knn_eval_freq`` is 0); call ``monitor(model, epoch,
-    step, logger)`` at the end of every epoch.
+    Use :meth:`from_args` (None when ``--knn_eval_freq`` is 0) and call the instance,
+    ``knn(model, epoch, step, logger)``, at the end of every epoch (it times the epochs).
     """
     KEEP_BYTES = 1 << 30  # 1 GiB: about 110 clips of 16 x 224 x 224 float32
 

@@ -10,7 +10,7 @@
 #      multi-view test (5 clips x 3 crops), printing Top-1 / Top-5;
 #   5. frozen-feature probes (k-NN and linear, run_frozen_eval.py) of a random encoder, the
 #      teacher and both students on that labelled set, printed as one table; the MMKD stage
-#      also runs the online k-NN every 5 epochs (--knn_eval_freq) on it;
+#      also runs the online k-NN every 10 epochs (--knn_eval_freq) on it;
 #   6. draw training curves and attention visualisations.
 # Sizes are scaled down (8 frames, 112 px) so it all runs on a 2-core CPU.
 # Usage: bash scripts/demo.sh   (OUT=dir to change the output directory, default demo_output;
@@ -69,7 +69,7 @@ python run_mmkd_pretraining.py "${COMMON[@]}" --model pretrain_videomae_tiny_pat
   --model_t pretrain_videomae_small_patch16_224 --path_t "$TEACHER" --distill hybrid \
   --mask_type tube --mask_ratio 0.75 --num_k 10 --num_f 10 --gamma 0.1 --alpha 0.1 --beta 1 \
   --beta_kd1 0.1 --beta_kd2 3 --epochs "$STUDENT_EPOCHS" --lr 1.5e-2 --min_lr 1e-4 \
-  --knn_eval_freq 5 --knn_train_list "$OUT/data/knn_train.csv" --knn_val_list "$OUT/data/knn_test.csv" \
+  --knn_eval_freq 10 --knn_train_list "$OUT/data/knn_train.csv" --knn_val_list "$OUT/data/knn_test.csv" \
   --output_dir "$OUT/student" --log_dir "$OUT/student/tb"
 STUDENT="$OUT/student/checkpoint-$((STUDENT_EPOCHS - 1)).pth"
 loss_drop() {  # LOG.json TERM...: the first and last epoch's total loss and terms
