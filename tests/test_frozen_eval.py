@@ -163,6 +163,15 @@ def test_attentive_probe_trains_only_the_probe(split, tmp_path):
     changed = [k for k, v in model.probe.state_dict().items() if not torch.equal(v, initial[k])]
     assert "head.weight" in changed and "query" in changed and "block.attn.qkv.weight" in changed
     assert len(test_set) == 5 * 6
+    # the script: the multi-view test of the probed encoder, written as the other probes are
+    out = tmp_path / "script"
+    summary = rfe.main(rfe.get_args_parser().parse_args(flags(
+        split, "attentive", out, "--epochs", "1", "--batch_size", "2", "--test_num_segment",
+        "1", "--test_num_crop", "1")))
+    assert json.load(open(out / "probe_summary.json")) == summary
+    assert summary["num_videos"] == 4 and summary["skipped_views"] == 1
+    assert summary["probe"] == "attentive" and summary["protocol"]["test_views"] == "1x1"
+    assert len(open(out / "predictions.csv").read().splitlines()) == 1 + 4
 
 
 # ---------------------------------------------------------------------------------------------
