@@ -37,7 +37,8 @@ from logger import Averager, epoch_summary
 
 __all__ = ["DeepSpeedStep", "NonFiniteLossError", "TorchStep", "average_views",
            "classification_loss", "evaluate", "flatten_repeated", "mix_clips", "multiview_metrics",
-           "multiview_test", "score_views", "topk_correct", "train_one_epoch", "write_predictions"]
+           "multiview_test", "score_views", "summarize_views", "topk_correct", "train_one_epoch",
+           "write_predictions"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,41 +428,60 @@ def write_predictions(path, video_ids, labels, mean_probs, num_views, k=5):
                        + [f"{s:.6f}" for s in top.values[r].tolist()])
 
 
+def summarize_views(merged, *, output_dir="", views_per_video=None,
+                    summary_file="test_summary.json", extra=None):
+    """Video-level results of every process's scored views (rank 0's :func:`_gather_scores`
+    result, or any dict of the same keys): views averaged per video (:func:`average_views`),
+    :func:`multiview_metrics`, and with ``output_dir`` ``predictions.csv``
+    (:func:`write_predictions`) and the summary (``summary_file``) written there.
+
+    Args:
+        merged: dict ``video_index [M]``, ``view [M]``, ``label [M]``, ``probs [M, C]``,
+            ``video_ids`` ``{video_index: id}``, ``skipped`` (views not decoded).
+        views_per_video: recorded in the summary.
+        extra: more summary entries (``eval_protocol.test_record``: the protocol, the videos
+            listed and found, the list's fingerprint).
+    Returns:
+        the summary dict: :func:`multiview_metrics` plus ``num_views`` (distinct views
+        scored), ``skipped_views``, ``views_per_video`` and ``extra``.
+    """
+    videos, mean_probs, num_views = average_views(merged["video_index"], merged["view"],
+                                                  merged["probs"])
+    label_of = dict(zip(merged["video_index"].tolist(), merged["label"].tolist()))
+    labels = torch.tensor([label_of[v] for v in videos.tolist()], dtype=torch.long)
+    summary = multiview_metrics(mean_probs, labels)
+    summary.update(num_views=int(num_views.sum()), skipped_views=int(merged["skipped"]),
+                   views_per_video=views_per_video, **(extra or {}))
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        ids = [merged["video_ids"][v] for v in videos.tolist()]
+        write_predictions(os.path.join(output_dir, "predictions.csv"), ids, labels,
+                          mean_probs, num_views)
+        with open(os.path.join(output_dir, summary_file), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
 def multiview_test(model, data_loader, device, *, amp_dtype=None, dtype=None, output_dir="",
-                   views_per_video=None, flip=False, record=None):
+                   views_per_video=None, flip=False, summary_file="test_summary.json",
+                   extra=None):
     """The multi-view test: score every view, gather, average per video, report.
 
     Args:
         model: classifier (unwrapped); data_loader: test-mode loader whose sampler gives each
             view to exactly one process (duplicates would be dropped anyway).
         amp_dtype, dtype: as in :func:`evaluate`; flip: as in :func:`score_views`.
-        output_dir: when set, rank 0 writes ``predictions.csv`` (:func:`write_predictions`)
-            and ``test_summary.json`` there.
-        views_per_video: ``test_num_segment * test_num_crop``, recorded in the summary.
-        record: more entries for the summary (``eval_protocol.test_record``: the protocol,
-            the videos listed and found, the list's fingerprint).
+        output_dir, views_per_video, summary_file, extra: as in :func:`summarize_views`
+            (rank 0 writes ``predictions.csv`` and ``test_summary.json``).
     Returns:
-        the summary dict on every process: :func:`multiview_metrics` plus ``num_views``
-        (distinct views scored), ``skipped_views``, ``views_per_video``.
+        the summary dict of :func:`summarize_views` on every process.
     """
     merged = _gather_scores(score_views(model, data_loader, device, amp_dtype=amp_dtype,
                                          dtype=dtype, flip=flip))
     summary = None
     if merged is not None:
-        videos, mean_probs, num_views = average_views(merged["video_index"], merged["view"],
-                                                      merged["probs"])
-        label_of = dict(zip(merged["video_index"].tolist(), merged["label"].tolist()))
-        labels = torch.tensor([label_of[v] for v in videos.tolist()], dtype=torch.long)
-        summary = multiview_metrics(mean_probs, labels)
-        summary.update(num_views=int(num_views.sum()), skipped_views=int(merged["skipped"]),
-                       views_per_video=views_per_video, **(record or {}))
-        if output_dir:
-            os.makedirs(output_dir, exist_ok=True)
-            ids = [merged["video_ids"][v] for v in videos.tolist()]
-            write_predictions(os.path.join(output_dir, "predictions.csv"), ids, labels,
-                              mean_probs, num_views)
-            with open(os.path.join(output_dir, "test_summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
+        summary = summarize_views(merged, output_dir=output_dir, views_per_video=views_per_video,
+                                  summary_file=summary_file, extra=extra)
     if dist.is_available() and dist.is_initialized():
         box = [summary]
         dist.broadcast_object_list(box, src=0)

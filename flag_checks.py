@@ -79,6 +79,9 @@ FLAG_RANGES = {
     "video_distillation_target_dim": AT_LEAST_1, "teacher_input_size": AT_LEAST_1,
     "video_teacher_input_size": AT_LEAST_1,
     "image_teacher_loss_weight": AT_LEAST_0, "video_teacher_loss_weight": AT_LEAST_0,
+    # frozen evaluation: probes and the online k-NN
+    "knn_eval_freq": AT_LEAST_0, "knn_k": AT_LEAST_1, "knn_temperature": POSITIVE,
+    "train_num_segment": AT_LEAST_1, "feature_batch_size": AT_LEAST_1,
 }
 
 

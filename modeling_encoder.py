@@ -253,6 +253,20 @@ class Attention(nn.Module):
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
         return (out, maps) if return_maps else out
 
+    def cross(self, queries, x):
+        """Cross-attention with this module's weights: queries from ``queries [B, Q, D]``,
+        keys and values from ``x [B, N, D]`` (the rows of ``qkv`` and the biases split as in
+        :meth:`forward`); returns ``[B, Q, D]``. V-JEPA's attentive probe (Bardes et al.
+        2024, Sec. 4) pools the frozen encoder's tokens with it (``probes.AttentiveProbe``)."""
+        w_q, w_k, w_v = self.qkv.weight.chunk(3)
+        q = F.linear(queries, w_q, self.q_bias)
+        k, v = F.linear(x, w_k), F.linear(x, w_v, self.v_bias)
+        heads = [t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+                 for t in (q, k, v)]  # [B, h, Q or N, hd]
+        out = F.scaled_dot_product_attention(*heads, dropout_p=self.attn_drop if self.training
+                                             else 0.0)  # [B, h, Q, hd]
+        return self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))
+
 
 def set_fused_attn(model, enable=True):
     """Switch every :class:`Attention` in ``model`` to the fused (True) or the explicit,

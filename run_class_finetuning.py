@@ -347,7 +347,7 @@ def run_test(args, model, loaders, device, **eval_kwargs):
     t0 = time.time()
     summary = multiview_test(model, loader, device, **eval_kwargs, output_dir=args.output_dir,
                              views_per_video=args.test_num_segment * args.test_num_crop,
-                             flip=args.test_flip, record=record)
+                             flip=args.test_flip, extra=record)
     print(f"multi-view test ({args.test_num_segment}x{args.test_num_crop} views"
           f"{', fully convolutional' if args.fcn_test else ''}"
           f"{', flip averaged in' if args.test_flip else ''}) of "

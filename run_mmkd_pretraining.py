@@ -26,6 +26,7 @@ from checkpoint import (CheckpointWriteError, adopt_position_table, checkpoint_f
 from modeling_encoder import add_pos_embed_arg, compile_blocks
 from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
 from flag_checks import check_flags
+from frozen_eval import OnlineKNN, add_knn_args
 from logger import RunLogger
 from losses import DISTILL_VIEWS, FeatureLoss, LossWeights
 from masking_generator import MASK_GENERATORS, build_masking_generator
@@ -129,6 +130,7 @@ def add_optim_and_data_args(p, opt_betas=(0.9, 0.95)):
     a("--sampling_rate", type=int, default=4)
     a("--num_sample", type=int, default=1, help="repeated sampling (VideoMAE V2): clips cropped "
       "and masked from each decoded window; the effective batch and the lr scaling count them")
+    add_knn_args(p)
     du.add_run_args(p)
 
 
@@ -261,6 +263,7 @@ def main(args, build=build_models):
     try:
         student, teacher, dataset, loader, sampler = setup(args, build)
         amp_dtype, scaler = amp_setup(args)
+        knn = OnlineKNN.from_args(args)  # None without --knn_eval_freq
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     device = torch.device(args.device if not args.distributed else args.device)
@@ -351,8 +354,9 @@ def main(args, build=build_models):
                                      "args": vars(args), "rng_states": rng_states})
                 except CheckpointWriteError as e:
                     save_error = e  # stop after this epoch's log line
+        knn_stats = knn(raw, epoch, (epoch + 1) * steps_per_epoch, logger) if knn else {}
         logger.log_json({"epoch": epoch, "n_parameters": n_params,
-                         **{f"train_{k}": v for k, v in stats.items()}})
+                         **{f"train_{k}": v for k, v in stats.items()}, **knn_stats})
         if saving and not du.every_rank(save_error is None, device):
             sys.exit(f"error: {save_error or 'rank 0 could not write its checkpoint'}")
     logger.close()

@@ -50,9 +50,10 @@ def build_pretraining_dataset(args, mask_generator):
         args.input_size, mask_generator, num_sample=getattr(args, "num_sample", 1))
 
 
-def build_dataset(is_train, test_mode, args):
+def build_dataset(is_train, test_mode, args, anno_file=None):
     """Fine-tuning/evaluation data: ``train.csv`` (``is_train``), ``test.csv`` (``test_mode``)
-    or ``val.csv`` from the directory ``args.data_path``.
+    or ``val.csv`` from the directory ``args.data_path``; ``anno_file`` reads another of its
+    files in that mode (the frozen evaluation's test views of ``train.csv``).
 
     Reads ``args.data_set`` (one of ``DATA_SETS``), ``data_path``, ``num_frames``,
     ``sampling_rate``, ``input_size``, and optional ``nb_classes`` (default: the benchmark's),
@@ -78,7 +79,7 @@ def build_dataset(is_train, test_mode, args):
     short_side = getattr(args, "short_side_size", args.input_size)
     crop = short_side if mode == "test" and getattr(args, "fcn_test", False) else args.input_size
     dataset = VideoClsDataset(
-        os.path.join(args.data_path, SPLIT_FILES[mode]), getattr(args, "data_root", ""), mode,
+        os.path.join(args.data_path, anno_file or SPLIT_FILES[mode]), getattr(args, "data_root", ""), mode,
         nb_classes=nb_classes, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
         sampling=spec["sampling"], flip=spec["flip"], input_size=crop, short_side_size=short_side,
         test_num_segment=getattr(args, "test_num_segment", spec["test_num_segment"]),

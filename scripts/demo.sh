@@ -8,7 +8,10 @@
 #      made from the same ViT-S (tools/image_teacher_from_video.py) on each tubelet's first frame;
 #   4. fine-tune the MMKD student on a small labelled set cut from the same clips and run the
 #      multi-view test (5 clips x 3 crops), printing Top-1 / Top-5;
-#   5. draw training curves and attention visualisations.
+#   5. frozen-feature probes (k-NN and linear, run_frozen_eval.py) of a random encoder, the
+#      teacher and both students on that labelled set, printed as one table; the MMKD stage
+#      also runs the online k-NN every 10 epochs (--knn_eval_freq) on it;
+#   6. draw training curves and attention visualisations.
 # Sizes are scaled down (8 frames, 112 px) so it all runs on a 2-core CPU.
 # Usage: bash scripts/demo.sh   (OUT=dir to change the output directory, default demo_output;
 #        MVD_EPOCHS=0 leaves out stage 3)
@@ -41,21 +44,32 @@ for rep in 1 2 3 4; do
     echo "$f 0" >> "$OUT/data/pretrain.csv"
   done
 done
+# The labelled set (stage 4, 5 and the online k-NN): one class per source clip
+# (ava_style_demo and short_clip_part0 are cut from the same footage as two others, so they
+# are left out): 4 training windows from the first 60 % of each video, 2 test windows from
+# the last 40 %.
+python tools/make_demo_splits.py "$VIDEOS/arm_wrestling_demo.mp4" "$VIDEOS/flipping_a_pancake.mkv" \
+  "$VIDEOS/kinetics_clip_test.avi" "$VIDEOS/kinetics_clip_test.mp4" \
+  "$VIDEOS/ntu_rgbd_S001C001P001R001A001_rgb.avi" --out_dir "$OUT/data/finetune"
+for split in train test; do  # absolute paths: the pre-training's --data_root is $VIDEOS
+  sed "s|^|$(cd "$OUT/data/finetune" && pwd)/|" "$OUT/data/finetune/$split.csv" > "$OUT/data/knn_$split.csv"
+done
 COMMON=(--data_path "$OUT/data/pretrain.csv" --data_root "$VIDEOS" --input_size 112 --num_frames 8
         --sampling_rate 4 --batch_size 8 --num_workers 2 --device "$DEVICE" --save_ckpt_freq 10
         --warmup_epochs 2 --opt_betas 0.9 0.95 --weight_decay 0.05 --no-auto_resume)
 
-echo "== 1/5 teacher: VideoMAE pixel pre-training of ViT-S ($TEACHER_EPOCHS epochs) =="
+echo "== 1/6 teacher: VideoMAE pixel pre-training of ViT-S ($TEACHER_EPOCHS epochs) =="
 python run_mae_pretraining.py "${COMMON[@]}" --model pretrain_videomae_small_patch16_224 \
   --decoder_depth 2 --mask_ratio 0.75 --epochs "$TEACHER_EPOCHS" --lr 1.5e-2 --min_lr 1e-4 \
   --output_dir "$OUT/teacher" --log_dir "$OUT/teacher/tb"
 TEACHER="$OUT/teacher/checkpoint-$((TEACHER_EPOCHS - 1)).pth"
 
-echo "== 2/5 student: MMKD distillation ViT-S -> ViT-Ti, --distill hybrid ($STUDENT_EPOCHS epochs) =="
+echo "== 2/6 student: MMKD distillation ViT-S -> ViT-Ti, --distill hybrid ($STUDENT_EPOCHS epochs) =="
 python run_mmkd_pretraining.py "${COMMON[@]}" --model pretrain_videomae_tiny_patch16_224 \
   --model_t pretrain_videomae_small_patch16_224 --path_t "$TEACHER" --distill hybrid \
   --mask_type tube --mask_ratio 0.75 --num_k 10 --num_f 10 --gamma 0.1 --alpha 0.1 --beta 1 \
   --beta_kd1 0.1 --beta_kd2 3 --epochs "$STUDENT_EPOCHS" --lr 1.5e-2 --min_lr 1e-4 \
+  --knn_eval_freq 10 --knn_train_list "$OUT/data/knn_train.csv" --knn_val_list "$OUT/data/knn_test.csv" \
   --output_dir "$OUT/student" --log_dir "$OUT/student/tb"
 STUDENT="$OUT/student/checkpoint-$((STUDENT_EPOCHS - 1)).pth"
 loss_drop() {  # LOG.json TERM...: the first and last epoch's total loss and terms
@@ -71,7 +85,7 @@ PY
 loss_drop "$OUT/student/log.json"
 
 if [ "$MVD_EPOCHS" -gt 0 ]; then
-  echo "== 3/5 MVD distillation: video and image teachers (ViT-S) -> ViT-Ti ($MVD_EPOCHS epochs) =="
+  echo "== 3/6 MVD distillation: video and image teachers (ViT-S) -> ViT-Ti ($MVD_EPOCHS epochs) =="
   python tools/image_teacher_from_video.py "$TEACHER" "$OUT/teacher/image_teacher.pth"
   python run_mvd_pretraining.py "${COMMON[@]}" --model pretrain_masked_video_student_tiny_patch16_224 \
     --video_teacher_model pretrain_videomae_teacher_small_patch16_224 \
@@ -84,13 +98,7 @@ if [ "$MVD_EPOCHS" -gt 0 ]; then
 fi
 echo "pre-training stages took $(( $(date +%s) - START )) s"
 
-echo "== 4/5 fine-tune the distilled student, then the multi-view test (5 clips x 3 crops) =="
-# One class per source clip (ava_style_demo and short_clip_part0 are cut from the same
-# footage as two others, so they are left out): 4 training windows from the first 60 % of
-# each video, 2 test windows from the last 40 %.
-python tools/make_demo_splits.py "$VIDEOS/arm_wrestling_demo.mp4" "$VIDEOS/flipping_a_pancake.mkv" \
-  "$VIDEOS/kinetics_clip_test.avi" "$VIDEOS/kinetics_clip_test.mp4" \
-  "$VIDEOS/ntu_rgbd_S001C001P001R001A001_rgb.avi" --out_dir "$OUT/data/finetune"
+echo "== 4/6 fine-tune the distilled student, then the multi-view test (5 clips x 3 crops) =="
 python run_class_finetuning.py --model vit_tiny_patch16_224 --finetune "$STUDENT" \
   --data_set UCF101 --nb_classes 5 --data_path "$OUT/data/finetune" --data_root "$OUT/data/finetune" \
   --input_size 112 --short_side_size 112 --num_frames 8 --sampling_rate 2 --batch_size 4 \
@@ -106,7 +114,21 @@ print(f"multi-view test: Top-1 {s['top1']:.1f} / Top-5 {s['top5']:.1f} over {s['
       f"trivially 100 with 5 classes)")
 PY
 
-echo "== 5/5 training curves and what teacher and student attend to =="
+echo "== 5/6 frozen-feature probes: k-NN and linear on the labelled set (5 clips x 3 crops) =="
+PROBE_START=$(date +%s)
+ENCODERS=(--encoder random pretrain_videomae_tiny_patch16_224 ""
+          --encoder "pixel teacher (ViT-S)" pretrain_videomae_small_patch16_224 "$TEACHER"
+          --encoder "MMKD student" pretrain_videomae_tiny_patch16_224 "$STUDENT")
+[ "$MVD_EPOCHS" -gt 0 ] && ENCODERS+=(--encoder "MVD student" pretrain_videomae_tiny_patch16_224 \
+  "$OUT/mvd/checkpoint-$((MVD_EPOCHS - 1)).pth")
+# the 20 training features are one batch: --lr 80 gives MAE's per-step lr (0.1 x 16384 / 256)
+python tools/probe_table.py --out_dir "$OUT/probes" "${ENCODERS[@]}" -- \
+  --data_set UCF101 --nb_classes 5 --data_path "$OUT/data/finetune" --data_root "$OUT/data/finetune" \
+  --input_size 112 --short_side_size 112 --num_frames 8 --sampling_rate 2 --test_num_segment 5 \
+  --test_num_crop 3 --lr 80 --num_workers 2 --device "$DEVICE"
+echo "probe stage took $(( $(date +%s) - PROBE_START )) s (chance Top-1 = 20.0 with 5 classes)"
+
+echo "== 6/6 training curves and what teacher and student attend to =="
 python tools/plot_curves.py "$OUT/teacher" "$OUT/curves/teacher"
 python tools/plot_curves.py "$OUT/student" "$OUT/curves/student"
 [ "$MVD_EPOCHS" -gt 0 ] && python tools/plot_curves.py "$OUT/mvd" "$OUT/curves/mvd"

@@ -406,8 +406,11 @@ def test_every_bad_flag_in_one_line_and_the_exit_status():
 def _tool_defaults():
     import extract_features
     import run_mvd_pretraining
+    import run_frozen_eval
     import run_vis
-    return [vars(rmp.get_args_parser().parse_args(["--data_path", "x"])),
+    return [vars(run_frozen_eval.get_args_parser().parse_args(["--probe", "knn", "--data_path",
+                                                               "x"])),
+            vars(rmp.get_args_parser().parse_args(["--data_path", "x"])),
             vars(rmp.get_args_parser(teacher=False).parse_args(["--data_path", "x"])),
             vars(run_mvd_pretraining.get_args_parser().parse_args(["--data_path", "x"])),
             vars(rcf.get_args_parser().parse_args(["--data_path", "x"])),
@@ -439,7 +442,14 @@ def _vis_flag(tmp_path, flag):
     run_vis.main(run_vis.get_args_parser().parse_args(["v.mp4", str(tmp_path / "v"), flag]))
 
 
+def _probe_flag(tmp_path, flag):
+    import run_frozen_eval
+    run_frozen_eval.main(run_frozen_eval.get_args_parser().parse_args(
+        ["--probe", "knn", "--data_path", str(tmp_path), flag]))
+
+
 @pytest.mark.parametrize("tool, flag, message", [
+    (_probe_flag, "--knn_k=0", "--knn_k must be >= 1, got 0"),
     (_features_flag, "--num_segments=0", "--num_segments must be >= 1, got 0"),
     (_features_flag, "--batch_size=0", "--batch_size must be >= 1, got 0"),
     (_vis_flag, "--kd_T=0", "--kd_T must be > 0, got 0.0"),
