@@ -229,7 +229,14 @@ def test_two_processes_give_the_numbers_of_one(split, tmp_path):
     mp.spawn(_worker, args=(_free_port(), argvs["two"], lists, str(tmp_path / "two.pt")),
              nprocs=2, join=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
-    one = [rfe.main(rfe.get_args_parser().parse_args(a)) for a in argvs["one"]]
+    # one thread, as each worker: the linear probe's lr 3000 would otherwise magnify the
+    # other reduction order of a 2-thread matmul past the tolerance
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = [rfe.main(rfe.get_args_parser().parse_args(a)) for a in argvs["one"]]
+    finally:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     knn = OnlineKNN(*lists, data_root=VIDEOS, num_frames=4, sampling_rate=2, input_size=32,
                     batch_size=3)
