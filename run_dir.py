@@ -151,4 +151,6 @@ def releases_output_dir(main):
             return main(args, *rest, **kwargs)
         finally:
             release_output_dir(getattr(args, "output_dir", ""))
+            from run_state import restore_stop_handlers  # run_state imports this module's users
+            restore_stop_handlers()
     return wrapper
