@@ -831,8 +831,8 @@ def load_image_teacher(teacher, path):
 
 def checkpoint_candidates(directory):
     """The checkpoints a run wrote in ``directory``, newest first: ours
-    (``checkpoint-<epoch>.pth``, and the rolling ``checkpoint-latest.pth`` before every one not
-    written after it) and DeepSpeed tag directories (``checkpoint-<epoch>/``) up to the one its
+    (``checkpoint-<epoch>.pth``, and the rolling ``checkpoint-latest.pth`` before every one
+    written before it) and DeepSpeed tag directories (``checkpoint-<epoch>/``) up to the one its
     ``latest`` file names (a newer tag directory is an unfinished save; without ``latest`` no
     DeepSpeed save finished; ``latest`` naming the rolling ``checkpoint-latest/``: every
     numbered one). Empty when there are none."""
@@ -859,7 +859,7 @@ def checkpoint_candidates(directory):
     rolling = os.path.join(directory, "checkpoint-latest.pth")
     if os.path.isfile(rolling):  # a kept file written after it: killed before the link
         t = os.path.getmtime(rolling)
-        at = next((i for i, p in enumerate(numbered) if os.path.getmtime(p) <= t), len(numbered))
+        at = next((i for i, p in enumerate(numbered) if os.path.getmtime(p) < t), len(numbered))
         numbered.insert(at, rolling)
     return newest + numbered
 

@@ -362,7 +362,7 @@ def train(args, model, loaders, device, amp_dtype, scaler):
         logger.log_json(record)
         if save_error:
             sys.exit(f"error: {save_error}")
-        state.stop_if_asked()
+        state.stop_if_asked(epoch)
     logger.close()
     print(f"training time {time.time() - start:.1f}s")
     return step.eval_kwargs

@@ -327,7 +327,7 @@ def main(args, build=build_models):
                          **{f"train_{k}": v for k, v in stats.items()}})
         if save_error:
             sys.exit(f"error: {save_error}")
-        state.stop_if_asked()
+        state.stop_if_asked(epoch)
     logger.close()
     print(f"training time {time.time() - start:.1f}s")
     du.shutdown()

@@ -69,8 +69,12 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
 
 
 class StopRequest:
-    """Set by SIGUSR1 / SIGTERM (the handler only sets a flag: the step in progress finishes).
-    :meth:`install` replaces the handlers of this process; :meth:`restore` puts them back."""
+    """Set by SIGUSR1 / SIGTERM: the handler only records the signal, and training stops
+    after the update in progress (:meth:`RunState.after_update`). :meth:`install` replaces
+    this process's handlers (once; a second call keeps them) and :meth:`restore` puts the
+    previous ones back. A script's ``main`` installs them before its set-up
+    (``run_dir.releases_output_dir``), so a signal during data indexing is not lost, and
+    they are restored when training ends (the final test is not deferred)."""
 
     def __init__(self):
         self.signum, self._previous = None, {}
@@ -79,28 +83,19 @@ class StopRequest:
         self.signum = signum
 
     def install(self):
-        for s in STOP_SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
-        _installed.append(self)
+        if not self._previous:
+            self.signum = None
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def restore(self):
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous.clear()
-        if self in _installed:
-            _installed.remove(self)
 
 
-_installed = []
-
-
-def restore_stop_handlers():
-    """Put back the signal handlers every :class:`StopRequest` of this process replaced
-    (``run_dir.releases_output_dir`` calls it when a script's ``main`` ends, so an
-    in-process run leaves the caller's handlers as they were)."""
-    while _installed:
-        _installed[-1].restore()
+STOP = StopRequest()  # this process's
 
 
 def gather_objects(obj):
@@ -124,9 +119,9 @@ def _agree(flags, device):
 def requeue_or_exit(stopped_by):
     """The end of a run stopped on a signal after its checkpoint: under SLURM rank 0 asks
     for a requeue; every rank leaves the process group and exits with :data:`REQUEUE_EXIT`."""
-    job = os.environ.get("SLURM_JOB_ID")
+    job, main = os.environ.get("SLURM_JOB_ID"), du.is_main_process()
     du.shutdown()
-    if job and du.get_rank() == 0 and os.environ.get("RANK", "0") == "0":
+    if job and main:
         res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         if res.returncode == 0:
             print(f"stopped by {stopped_by}: SLURM job {job} requeued; it resumes from "
@@ -135,7 +130,7 @@ def requeue_or_exit(stopped_by):
             print(f"stopped by {stopped_by}: scontrol requeue {job} failed "
                   f"({(res.stderr or res.stdout).strip()[:200]}); submit the job again to "
                   f"resume", flush=True)
-    elif os.environ.get("RANK", "0") == "0":
+    elif main:
         print(f"stopped by {stopped_by}: checkpoint saved; run the same command again to "
               f"resume (exit status {REQUEUE_EXIT})", flush=True)
     sys.exit(REQUEUE_EXIT)
@@ -166,13 +161,14 @@ class RunState:
         self.start_batch, self.partial = 0, None
         self.interval = 60 * float(getattr(args, "save_latest_minutes", 0) or 0)
         self.last_save = time.monotonic()
-        self.stop = StopRequest().install()
+        self.stop = STOP.install()
 
     # -- saving ---------------------------------------------------------------------------
 
     def _fields(self, epoch, batches_done, partial):
         """The fields beside the weights; ``epoch`` is the epoch in progress."""
-        update = epoch * self.steps_per_epoch + batches_done // self.args.update_freq
+        update = (epoch * self.steps_per_epoch + batches_done // self.args.update_freq
+                  if batches_done else (epoch + 1) * self.steps_per_epoch)  # updates done
         return {"epoch": epoch - 1 if batches_done else epoch, "step": update,
                 "resume_epoch": epoch if batches_done else epoch + 1,
                 "resume_batch": batches_done, "world_size": du.get_world_size(),
@@ -274,12 +270,15 @@ class RunState:
         self.sampler.set_epoch(epoch)
         self.sampler.start = start * self.args.batch_size
 
-    def stop_if_asked(self):
-        """At an epoch's end, after its log record: leave as :meth:`after_update` does when a
-        stop was asked meanwhile (the epoch's checkpoint is already written)."""
+    def stop_if_asked(self, epoch):
+        """At the end of ``epoch``, after its log record: leave as :meth:`after_update` does
+        when a stop was asked meanwhile (the epoch's checkpoint is already written). After
+        the last epoch the signal handlers are restored."""
         stop, = _agree([int(self.stop.signum is not None)], self.device)
         if stop:
             requeue_or_exit(self._stopped_by())
+        if epoch + 1 >= self.args.epochs:
+            self.stop.restore()
 
     def _stopped_by(self):
         return signal.Signals(self.stop.signum).name if self.stop.signum else "another rank"
