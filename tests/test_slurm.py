@@ -85,7 +85,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SlurmctldLogFile={d}/slurmctld.log
 SlurmdLogFile={d}/slurmd.log
-NodeName={host} NodeAddr=127.0.0.1 CPUs=4 State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
 PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -225,64 +225,66 @@ def kd_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def kd_baseline(cluster, kd_data, tmp_path_factory):
-    """``bash scripts/kd_base_k400_slurm.sh myjob ...`` from the login node: srun allocates
-    2 tasks (GPUS=2) without a GPU (GRES=none), job name myjob; uninterrupted."""
-    tmp = str(tmp_path_factory.mktemp("kd_base"))
-    out = os.path.join(tmp, "out")
-    env = dict(cluster, GPUS="2", GRES="none", CPUS_PER_TASK="1", PYTHON=python_wrapper(tmp))
-    res = subprocess.run(["bash", "scripts/kd_base_k400_slurm.sh", "myjob",
-                          *kd_flags(kd_data, out)], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    return out, res
+def kd_runs(cluster, kd_data, tmp_path_factory):
+    """Three distillation runs at once (their waits overlap): ``bash
+    scripts/kd_base_k400_slurm.sh myjob ...`` from the login node (srun allocates 2 tasks,
+    GPUS=2, GRES=none; uninterrupted), and two ``sbatch`` runs paused at update 7 (epoch 1,
+    update 2 of 5) until a stop signal: ``scancel --signal=USR1``, and SLURM's own warning
+    before a time limit (``--time=1 --signal=USR1@50``; SLURM may send it up to a minute
+    early, so that run stops wherever the signal lands). Returns ``{name: (out, job or
+    CompletedProcess, text)}`` once all have ended."""
+    tmp = str(tmp_path_factory.mktemp("kd"))
+    outs = {n: os.path.join(tmp, n) for n in ("baseline", "scancel", "time_limit")}
+    for out in outs.values():
+        os.makedirs(out)
+    wrapper = python_wrapper(tmp)
+    env = dict(cluster, GPUS="2", GRES="none", CPUS_PER_TASK="1", PYTHON=wrapper)
+    base = subprocess.Popen(["bash", "scripts/kd_base_k400_slurm.sh", "myjob",
+                             *kd_flags(kd_data, outs["baseline"])], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pause = {n: os.path.join(tmp, f"{n}.paused") for n in ("scancel", "time_limit")}
+    jobs = {n: sbatch(cluster, "kd_base_k400_slurm.sh", outs[n], kd_flags(kd_data, outs[n]),
+                      *options, PYTHON=wrapper, PAUSE_AT_UPDATE="7", PAUSE_FILE=pause[n])
+            for n, options in (("scancel", ()), ("time_limit", ("--time=1", "--signal=USR1@50")))}
+    wait_file(cluster, jobs["scancel"], pause["scancel"])
+    subprocess.run(["scancel", "--signal=USR1", str(jobs["scancel"])], env=cluster, check=True)
+    runs = {}
+    for n, job in jobs.items():
+        f = wait_for(cluster, job)
+        runs[n] = (outs[n], f, open(os.path.join(outs[n], f"slurm-{job}.out")).read())
+    text, _ = base.communicate(timeout=300)
+    runs["baseline"] = (outs["baseline"], base.returncode, text)
+    return runs
 
 
-def test_bash_launch_from_a_login_node_with_a_job_name(cluster, kd_baseline):
-    out, res = kd_baseline
-    assert "distributed: rank 0 of 2, gloo on cpu" in res.stdout
+def test_bash_launch_from_a_login_node_with_a_job_name(cluster, kd_runs):
+    out, rc, text = kd_runs["baseline"]
+    assert rc == 0, text[-3000:]
+    assert "distributed: rank 0 of 2, gloo on cpu" in text
     assert epochs_logged(out) == [0, 1]
     jobs = subprocess.run(["scontrol", "-o", "show", "job"], capture_output=True, text=True,
                           env=cluster).stdout
     assert re.search(r"JobName=myjob .*JobState=COMPLET(ED|ING) .*ExitCode=0:0", jobs), jobs[-1000:]
 
 
-def _stopped_and_requeued(cluster, kd_data, kd_baseline, tmp, options, signal_it):
-    """An sbatch of kd_base_k400_slurm.sh paused at update 7 (epoch 1, update 2 of 5) until
-    the stop signal; then requeued, resumed, completed: checks against the baseline."""
-    out = os.path.join(tmp, "out")
-    os.makedirs(out)
-    pause = os.path.join(tmp, "paused")
-    job = sbatch(cluster, "kd_base_k400_slurm.sh", out, kd_flags(kd_data, out), *options,
-                 PYTHON=python_wrapper(tmp), PAUSE_AT_UPDATE="7", PAUSE_FILE=pause)
-    signal_it(job, pause)
-    f = wait_for(cluster, job)
-    text = open(os.path.join(out, f"slurm-{job}.out")).read()
+@pytest.mark.parametrize("name, where", [("scancel", "epoch 1 after 2 of 5 updates"),
+                                         ("time_limit", "epoch [01] after [1-5] of 5 updates")])
+def test_sbatch_stopped_mid_epoch_requeues_and_resumes_exactly(kd_runs, name, where):
+    """``sbatch scripts/kd_base_k400_slurm.sh`` completes after a stop in the middle of an
+    epoch, a checkpoint, a requeue and a resume; final weights and losses equal the
+    uninterrupted run's, each epoch logged once."""
+    out, f, text = kd_runs[name]
     assert f["JobState"] == "COMPLETED" and int(f["Restarts"]) >= 1, (f, text[-3000:])
     # both runs' output in one file (--open-mode=append); the stop saved, requeued, resumed
-    assert "stopped by SIGUSR1" in text and f"SLURM job {job} requeued" in text, text[-3000:]
-    assert "continues at epoch 1 after 2 of 5 updates" in text, text[-3000:]
+    assert "stopped by SIGUSR1" in text and f"SLURM job {f['JobId']} requeued" in text, \
+        text[-3000:]
+    assert re.search(f"continues at {where}", text), text[-3000:]
     assert epochs_logged(out) == [0, 1]
-    assert_equal_weights(final_weights(kd_baseline[0]), final_weights(out))
-    base = [json.loads(line) for line in open(os.path.join(kd_baseline[0], "log.json"))]
-    ours = [json.loads(line) for line in open(os.path.join(out, "log.json"))]
-    assert [r["train_loss"] for r in base] == [r["train_loss"] for r in ours]
-
-
-def test_sbatch_scancel_usr1_mid_epoch_requeues_and_resumes_exactly(cluster, kd_data,
-                                                                   kd_baseline, tmp_path):
-    def scancel(job, pause):
-        wait_file(cluster, job, pause)
-        subprocess.run(["scancel", "--signal=USR1", str(job)], env=cluster, check=True)
-    _stopped_and_requeued(cluster, kd_data, kd_baseline, str(tmp_path), (), scancel)
-
-
-def test_sbatch_time_limit_signal_requeues_and_resumes_exactly(cluster, kd_data, kd_baseline,
-                                                              tmp_path):
-    """--time=1 with --signal=USR1@50: SLURM itself sends USR1 (it may do so up to a minute
-    early, which the pause helper's early handler covers)."""
-    _stopped_and_requeued(cluster, kd_data, kd_baseline, str(tmp_path),
-                          ("--time=1", "--signal=USR1@50"), lambda job, pause: None)
+    base = kd_runs["baseline"][0]
+    assert_equal_weights(final_weights(base), final_weights(out))
+    losses = lambda d: [json.loads(line)["train_loss"]  # noqa: E731
+                        for line in open(os.path.join(d, "log.json"))]
+    assert losses(base) == losses(out)
 
 
 def test_finetuning_requeued_mid_epoch_same_multiview_test(cluster, tmp_path):
