@@ -28,7 +28,7 @@ PRETRAIN = ["--model", "pretrain_videomae_tiny_patch16_224", "--input_size", "32
             "--decoder_depth", "1", "--drop_path", "0.1", "--epochs", "2", "--save_ckpt_freq", "5"]
 FINETUNE = ["--model", "vit_tiny_patch16_224", "--data_set", "UCF101", "--nb_classes", "3",
             "--data_root", VIDEOS, "--input_size", "32", "--short_side_size", "40",
-            "--num_frames", "4", "--sampling_rate", "4", "--batch_size", "1", "--epochs", "2",
+            "--num_frames", "4", "--sampling_rate", "4", "--batch_size", "1", "--epochs", "1",
             "--warmup_epochs", "0", "--test_num_segment", "2", "--test_num_crop", "1",
             "--num_workers", "0", "--device", "cpu", "--drop_path", "0.1", "--num_sample", "2",
             "--save_ckpt_freq", "5"]
@@ -96,9 +96,9 @@ def test_pretraining_stopped_mid_epoch_resumes_bit_identical(tmp_path, monkeypat
 
 
 def test_finetuning_stopped_mid_epoch_same_test_and_predictions(tmp_path, monkeypatch):
-    """Mixup/CutMix (numpy's RNG), drop path, repeated augmentation: stopped in epoch 0 by
-    SIGTERM, resumed; the same validation records, multi-view Top-1, predictions.csv and
-    weights as straight through."""
+    """Mixup/CutMix (numpy's RNG), drop path, repeated augmentation: stopped by SIGTERM after
+    update 3 of 5, resumed; the same log record (with validation), multi-view Top-1,
+    predictions.csv and weights as straight through."""
     data = _anno_dir(tmp_path / "anno", DIST_CLIPS, [0, 1, 2, 0, 1])
     common = [*FINETUNE, "--data_path", data]
     straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
@@ -119,13 +119,46 @@ def test_finetuning_stopped_mid_epoch_same_test_and_predictions(tmp_path, monkey
     rcf.main(rcf.get_args_parser().parse_args([*common, "--output_dir", stopped]))
     keep = lambda rows: [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k}  # noqa: E731
                          for r in rows]
-    assert keep(log(stopped)) == keep(log(straight)) and len(log(stopped)) == 2
+    assert keep(log(stopped)) == keep(log(straight)) and len(log(stopped)) == 1
     summary = [json.load(open(os.path.join(d, "test_summary.json"))) for d in (straight, stopped)]
     assert summary[0]["top1"] == summary[1]["top1"] and summary[0]["num_views"] == 10
     assert (open(os.path.join(straight, "predictions.csv")).read()
             == open(os.path.join(stopped, "predictions.csv")).read())
-    assert_same_weights(weights(os.path.join(straight, "checkpoint-1.pth")),
-                        weights(os.path.join(stopped, "checkpoint-1.pth")))
+    assert_same_weights(weights(os.path.join(straight, "checkpoint-0.pth")),
+                        weights(os.path.join(stopped, "checkpoint-0.pth")))
+
+
+def test_deepspeed_stopped_mid_epoch_resumes_bit_identical(tmp_path):
+    """ZeRO-2 through DeepSpeed's engine (its own checkpoint directories): stopped after
+    update 2 of 4 (the rolling tag checkpoint-latest/, named by 'latest'), resumed; the same
+    losses and final weights as straight through."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
+    from test_deepspeed import _NO_SHM
+    data = _anno_dir(tmp_path / "anno", DIST_CLIPS[:2], [0, 1])
+    with open(os.path.join(data, "train.csv"), "w") as f:  # 8 clips, 2 per step: 4 updates
+        f.write("".join(f"{c} {i % 3}\n" for i, c in enumerate(DIST_CLIPS + DIST_CLIPS[:3])))
+    os.remove(os.path.join(data, "val.csv"))
+    argv = [*FINETUNE, "--data_path", data, "--batch_size", "2", "--num_sample", "1",
+            "--epochs", "1", "--enable_deepspeed", "--zero_stage", "2", "--clip_grad", "1.0"]
+
+    def run(out, **env):
+        res = subprocess.run([sys.executable, "-c", _NO_SHM, os.path.join(ROOT, "tests",
+                              "pause_at_update.py"), os.path.join(ROOT, "run_class_finetuning.py"),
+                              *argv, "--output_dir", out], cwd=ROOT, env=dict(ENV, **env),
+                             capture_output=True, text=True, timeout=300)
+        return res
+    straight, stopped = str(tmp_path / "straight"), str(tmp_path / "stopped")
+    res = run(straight)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = run(stopped, STOP_AT_UPDATE="2")
+    assert res.returncode == run_state.REQUEUE_EXIT, res.stdout[-3000:] + res.stderr[-3000:]
+    assert open(os.path.join(stopped, "latest")).read().strip() == "checkpoint-latest"
+    res = run(stopped)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "continues at epoch 0 after 2 of 4 updates" in res.stdout
+    assert [r["train_loss"] for r in log(straight)] == [r["train_loss"] for r in log(stopped)]
+    assert_same_weights(weights(os.path.join(straight, "checkpoint-0")),
+                        weights(os.path.join(stopped, "checkpoint-0")))
 
 
 def test_finetuning_resume_that_does_not_fit_names_the_keys(tmp_path, capsys):
