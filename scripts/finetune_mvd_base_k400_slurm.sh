@@ -8,9 +8,10 @@
 # Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] {sbatch [sbatch options] | bash} scripts/finetune_mvd_base_k400_slurm.sh [JOB_NAME] [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, MODEL_PATH; launcher settings: see scripts/launch.sh.
 set -euo pipefail
-HERE="$(dirname "${BASH_SOURCE[0]}")"  # under sbatch a copy runs from the spool directory
+HERE="$(dirname "${BASH_SOURCE[0]}")"  # sbatch runs a copy in its spool directory
 [ -f "$HERE/recipes.sh" ] || HERE="${SLURM_SUBMIT_DIR:-.}/scripts"
-source "$HERE/recipes.sh"  # also: a first argument not starting with - is the job name
+source "$HERE/recipes.sh" 2>/dev/null \
+  || { echo "$0: cannot find $HERE/recipes.sh: run sbatch from the repository root" >&2; exit 2; }
 : "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/finetune_mvd_base_k400}" \
   "${MODEL_PATH:=output/mvd_base_from_base_k400/checkpoint-399.pth}"
 GPUS="${GPUS:-32}" JOB_NAME="${JOB_NAME:-finetune_mvd_base_k400}" exec "$LAUNCH" run_class_finetuning.py \

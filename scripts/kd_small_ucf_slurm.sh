@@ -6,9 +6,10 @@
 # Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=4] {sbatch [sbatch options] | bash} scripts/kd_small_ucf_slurm.sh [JOB_NAME] [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, TEACHER_PATH; launcher settings: see scripts/launch.sh.
 set -euo pipefail
-HERE="$(dirname "${BASH_SOURCE[0]}")"  # under sbatch a copy runs from the spool directory
+HERE="$(dirname "${BASH_SOURCE[0]}")"  # sbatch runs a copy in its spool directory
 [ -f "$HERE/recipes.sh" ] || HERE="${SLURM_SUBMIT_DIR:-.}/scripts"
-source "$HERE/recipes.sh"  # also: a first argument not starting with - is the job name
+source "$HERE/recipes.sh" 2>/dev/null \
+  || { echo "$0: cannot find $HERE/recipes.sh: run sbatch from the repository root" >&2; exit 2; }
 : "${DATA_PATH:=data/ucf101}" "${OUTPUT_DIR:=output/kd_small_ucf}" \
   "${TEACHER_PATH:=checkpoints/videomae_base_ucf101_3200e.pth}"
 GPUS="${GPUS:-4}" JOB_NAME="${JOB_NAME:-kd_small_ucf}" exec "$LAUNCH" run_mmkd_pretraining.py \

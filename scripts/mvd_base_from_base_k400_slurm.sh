@@ -7,9 +7,10 @@
 # Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] {sbatch [sbatch options] | bash} scripts/mvd_base_from_base_k400_slurm.sh [JOB_NAME] [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, IMAGE_TEACHER_PATH, VIDEO_TEACHER_PATH; launcher settings: see scripts/launch.sh.
 set -euo pipefail
-HERE="$(dirname "${BASH_SOURCE[0]}")"  # under sbatch a copy runs from the spool directory
+HERE="$(dirname "${BASH_SOURCE[0]}")"  # sbatch runs a copy in its spool directory
 [ -f "$HERE/recipes.sh" ] || HERE="${SLURM_SUBMIT_DIR:-.}/scripts"
-source "$HERE/recipes.sh"  # also: a first argument not starting with - is the job name
+source "$HERE/recipes.sh" 2>/dev/null \
+  || { echo "$0: cannot find $HERE/recipes.sh: run sbatch from the repository root" >&2; exit 2; }
 : "${DATA_PATH:=data/k400/train.csv}" "${OUTPUT_DIR:=output/mvd_base_from_base_k400}" \
   "${IMAGE_TEACHER_PATH:=checkpoints/mae_pretrain_vit_base.pth}" \
   "${VIDEO_TEACHER_PATH:=checkpoints/videomae_base_k400_1600e.pth}"

@@ -144,12 +144,8 @@ FT_MVD_SSV2_HUGE=(--model vit_huge_patch16_224 --batch_size 8 --update_freq 1 --
 
 # the shared launcher (srun / torchrun, DRY_RUN): see launch.sh
 LAUNCH="$(dirname "${BASH_SOURCE[0]}")/launch.sh"
-if [ ! -f "$LAUNCH" ]; then
-  echo "cannot find the repository's scripts/ ($LAUNCH): under sbatch submit from the repository root" >&2
-  exit 2
-fi
-# the public scripts' convention: scripts/X_slurm.sh JOB_NAME [flags]; sourced without
-# arguments, this shifts the calling script's own arguments
+# the public scripts' convention: scripts/X_slurm.sh JOB_NAME [flags] (a first argument that
+# is not a flag); sourced without arguments, this shifts the calling script's own arguments
 if [ $# -gt 0 ] && [[ $1 != -* ]]; then
   JOB_NAME="$1"
   shift

@@ -6,9 +6,10 @@
 # Usage: [FXS=16x4] [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] {sbatch [sbatch options] | bash} scripts/tpn_r101_k400_slurm.sh [JOB_NAME] [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, IMAGENET_INIT (torchvision's resnet101 weights); launcher settings: see scripts/launch.sh.
 set -euo pipefail
-HERE="$(dirname "${BASH_SOURCE[0]}")"  # under sbatch a copy runs from the spool directory
+HERE="$(dirname "${BASH_SOURCE[0]}")"  # sbatch runs a copy in its spool directory
 [ -f "$HERE/recipes.sh" ] || HERE="${SLURM_SUBMIT_DIR:-.}/scripts"
-source "$HERE/recipes.sh"  # also: a first argument not starting with - is the job name
+source "$HERE/recipes.sh" 2>/dev/null \
+  || { echo "$0: cannot find $HERE/recipes.sh: run sbatch from the repository root" >&2; exit 2; }
 : "${FXS:=8x8}"
 fxs_flags "$FXS"
 : "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/tpn_r101_k400_$FXS}" \
