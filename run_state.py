@@ -15,7 +15,8 @@ Files in ``--output_dir``: ``checkpoint-<epoch>.pth`` every ``--save_ckpt_freq``
 the end (kept), and ``checkpoint-latest.pth``, replaced atomically at every epoch end, every
 ``--save_latest_minutes`` minutes and on a stop (a kept epoch's file is hard-linked to it, not
 written twice). DeepSpeed: tag directories ``checkpoint-<epoch>/`` and ``checkpoint-latest/``,
-its ``latest`` file naming the newest.
+its ``latest`` file naming the newest; DeepSpeed rewrites ``checkpoint-latest/`` in place, so
+a kill during that write falls back to the newest kept tag.
 
 Stopping (:class:`StopRequest`): SIGUSR1 or SIGTERM only sets a flag. After each optimizer
 update the ranks agree on it (one small ``all_reduce`` per update, with rank 0's clock for the
@@ -172,7 +173,8 @@ class RunState:
         return {"epoch": epoch - 1 if batches_done else epoch, "step": update,
                 "resume_epoch": epoch if batches_done else epoch + 1,
                 "resume_batch": batches_done, "world_size": du.get_world_size(),
-                "batch_size": self.args.batch_size, "partial_epoch": partial,
+                "batch_size": self.args.batch_size, "update_freq": self.args.update_freq,
+                "partial_epoch": partial,
                 "args": vars(self.args), "rng_states": all_rng_states()}
 
     def save(self, epoch, batches_done=0, partial=None):
@@ -309,12 +311,13 @@ class RunState:
                 self.scaler.load_state_dict(ckpt["scaler"])
         self.args.start_epoch = ckpt.get("resume_epoch", ckpt["epoch"] + 1)
         batch = ckpt.get("resume_batch", 0)
-        same = (ckpt.get("world_size") == du.get_world_size()
-                and ckpt.get("batch_size") == self.args.batch_size)
+        same = ((ckpt.get("world_size"), ckpt.get("batch_size"), ckpt.get("update_freq"))
+                == (du.get_world_size(), self.args.batch_size, self.args.update_freq))
         if batch and not same:
             print(f"warning: {path} was saved in the middle of epoch {self.args.start_epoch} "
                   f"by {ckpt.get('world_size')} processes of --batch_size "
-                  f"{ckpt.get('batch_size')}; this run restarts that epoch from its start")
+                  f"{ckpt.get('batch_size')} x --update_freq {ckpt.get('update_freq')}; this "
+                  f"run differs and restarts that epoch from its start")
             batch = 0
         if batch:
             self.start_batch = batch

@@ -12,6 +12,7 @@ import torch
 import extract_features
 import run_class_finetuning as rcf
 import run_mmkd_pretraining as rmp
+import run_state
 from checkpoint import UnsafeCheckpointError, load_checkpoint
 from conftest import VIDEOS
 from optim_factory import build_optimizer
@@ -155,7 +156,8 @@ def test_eval_resume_and_finetune_resume_of_a_reference_file(files, tmp_path, ca
     rcf.resolve_args(args, model)
     optimizer = build_optimizer(model, args, layer_decay=args.layer_decay)
     scaler = torch.amp.GradScaler("cpu")
-    assert rcf._resume(args, model, optimizer, scaler) == files["paths"]["finetune"]
+    state = run_state.RunState(args, model, optimizer, None, 1, scaler=scaler)
+    assert state.resume() == files["paths"]["finetune"]
     assert args.start_epoch == 1 and optimizer.state_dict()["state"]
     _same_weights(model, files["clf"])
 
@@ -165,7 +167,8 @@ def test_pretraining_resume_of_a_reference_file(files, tmp_path, capsys):
     args = rmp.get_args_parser().parse_args(_pt_argv(
         files, "--resume", files["paths"]["pretrain"], "--epochs", "1", "--output_dir", out))
     rmp.main(args)  # epoch 0 is done: nothing left to train
-    assert f"resumed from {files['paths']['pretrain']}: epoch 0 done" in capsys.readouterr().out
+    assert (f"resumed from {files['paths']['pretrain']}: continues at epoch 1 (epoch 0 done)"
+            in capsys.readouterr().out)
     assert args.start_epoch == 1
 
 

@@ -39,7 +39,7 @@ FT = ["--model", "vit_tiny_patch16_224", "--finetune", "", "--data_set", "UCF101
       "--batch_size", "1", "--epochs", "1", "--warmup_epochs", "0", "--test_num_segment", "2",
       "--test_num_crop", "1", "--save_ckpt_freq", "5", "--device", "cpu", "--num_workers", "0",
       "--drop_path", "0.1"]
-SHAPE = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=none"]
+SHAPE = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1"]  # and SBATCH_GRES=none
 
 
 def _free_port():
@@ -193,7 +193,8 @@ def python_wrapper(tmp):
 def sbatch(env, script, out, flags, *options, **extra_env):
     res = subprocess.run(["sbatch", "--parsable", *SHAPE, f"--output={out}/slurm-%j.out",
                           *options, f"scripts/{script}", *flags], cwd=ROOT,
-                         env=dict(env, **extra_env), capture_output=True, text=True, timeout=30)
+                         env=dict(env, SBATCH_GRES="none", **extra_env), capture_output=True,
+                         text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     return int(res.stdout.strip().split(";")[0])
 
