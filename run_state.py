@@ -325,10 +325,8 @@ class RunState:
                 du.get_rank()]
         restored = resume_rng_state(ckpt.get("rng_states"), du.get_rank())
         where = (f"epoch {self.args.start_epoch} after {batch // self.args.update_freq} of "
-                 f"{self.steps_per_epoch} updates" if batch else
-                 f"epoch {self.args.start_epoch} (epoch {ckpt['epoch']} done)")
-        print(f"resumed from {path}: continues at {where}, global step "
-              f"{ckpt.get('step', '?')}"
+                 f"{self.steps_per_epoch} updates" if batch else f"epoch {ckpt['epoch']} done")
+        print(f"resumed from {path}: {where}, global step {ckpt.get('step', '?')}"
               + ("" if restored else "; no RNG state in it: drop path draws a new stream"))
         return path
 

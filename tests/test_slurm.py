@@ -279,7 +279,7 @@ def test_sbatch_stopped_mid_epoch_requeues_and_resumes_exactly(kd_runs, name, wh
     # both runs' output in one file (--open-mode=append); the stop saved, requeued, resumed
     assert "stopped by SIGUSR1" in text and f"SLURM job {f['JobId']} requeued" in text, \
         text[-3000:]
-    assert re.search(f"continues at {where}", text), text[-3000:]
+    assert re.search(f"resumed from .*checkpoint-latest.pth: {where}", text), text[-3000:]
     assert epochs_logged(out) == [0, 1]
     base = kd_runs["baseline"][0]
     assert_equal_weights(final_weights(base), final_weights(out))
