@@ -199,3 +199,22 @@ def test_rolling_checkpoint_order(tmp_path):
     os.utime(tmp_path / "checkpoint-latest.pth", (2, 2))
     assert [os.path.basename(p) for p in checkpoint_candidates(str(tmp_path))] == [
         "checkpoint-1.pth", "checkpoint-latest.pth", "checkpoint-0.pth"]
+
+
+def test_timed_rolling_checkpoint_within_an_epoch(tmp_path, monkeypatch):
+    """--save_latest_minutes: checkpoint-latest.pth also within an epoch (here after every
+    update: the interval is tiny), each with its position; the epoch's end as before."""
+    anno = tmp_path / "train.csv"
+    anno.write_text("".join(f"{c} 0\n" for c in CLIPS[:4] + CLIPS[5:] + CLIPS[:1]))
+    saved = []
+
+    def recording(path, state, save=run_state.save_checkpoint):
+        saved.append((os.path.basename(path), state["resume_epoch"], state["resume_batch"]))
+        save(path, state)
+    monkeypatch.setattr(run_state, "save_checkpoint", recording)
+    out = str(tmp_path / "out")
+    argv = ["--data_path", str(anno), "--data_root", VIDEOS, *PRETRAIN, "--epochs", "1",
+            "--save_latest_minutes", "1e-9", "--output_dir", out]
+    rmp.main(rmp.get_args_parser(teacher=False).parse_args(argv))
+    assert saved == [("checkpoint-latest.pth", 0, 1), ("checkpoint-latest.pth", 0, 2),
+                     ("checkpoint-latest.pth", 0, 3), ("checkpoint-0.pth", 1, 0)]
