@@ -959,9 +959,11 @@ def load_image_teacher(teacher, path):
 
 def checkpoint_candidates(directory):
     """The checkpoints a run wrote in ``directory``, newest first: ours
-    (``checkpoint-<epoch>.pth``) and DeepSpeed tag directories (``checkpoint-<epoch>/``) up to
-    the one its ``latest`` file names (a newer tag directory is an unfinished save; without
-    ``latest`` no DeepSpeed save finished). Empty when there are none."""
+    (``checkpoint-<epoch>.pth``, and the rolling ``checkpoint-latest.pth`` before every one
+    written before it) and DeepSpeed tag directories (``checkpoint-<epoch>/``) up to the one its
+    ``latest`` file names (a newer tag directory is an unfinished save; without ``latest`` no
+    DeepSpeed save finished; ``latest`` naming the rolling ``checkpoint-latest/``: every
+    numbered one). Empty when there are none."""
     if not directory or not os.path.isdir(directory):
         return []
     latest_tag = None
@@ -977,10 +979,17 @@ def checkpoint_candidates(directory):
             continue
         if m[2] and os.path.isfile(path):
             found.append((int(m[1]), path))
-        elif not m[2] and latest_epoch and int(m[1]) < int(latest_epoch[1]) and os.path.isdir(path):
+        elif (not m[2] and latest_tag and os.path.isdir(path)
+              and (latest_epoch is None or int(m[1]) < int(latest_epoch[1]))):
             found.append((int(m[1]), path))
     newest = [os.path.join(directory, latest_tag)] if latest_tag else []
-    return newest + [p for _, p in sorted(found, reverse=True)]
+    numbered = [p for _, p in sorted(found, reverse=True)]
+    rolling = os.path.join(directory, "checkpoint-latest.pth")
+    if os.path.isfile(rolling):  # a kept file written after it: killed before the link
+        t = os.path.getmtime(rolling)
+        at = next((i for i, p in enumerate(numbered) if os.path.getmtime(p) < t), len(numbered))
+        numbered.insert(at, rolling)
+    return newest + numbered
 
 
 def latest_checkpoint(output_dir):

@@ -164,6 +164,9 @@ def add_run_args(parser):
     a("--start_epoch", type=int, default=0)
     a("--recipe", default=None, metavar="NAME", help="the published recipe (recipes.RECIPES) "
       "this run reproduces; the zoo scripts pass it: differences are printed and recorded")
+    a("--save_latest_minutes", type=float, default=0,
+      help="also replace checkpoint-latest.pth every this many minutes within an epoch (0: at "
+      "epoch ends only); a kill without a signal loses at most this much (run_state.py)")
     a("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     a("--dist_url", default="env://", help=argparse.SUPPRESS)
     a("--world_size", type=int, default=1, help=argparse.SUPPRESS)

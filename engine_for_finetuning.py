@@ -160,7 +160,7 @@ class DeepSpeedStep:
 
 def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, lr_scheduler,
                     steps_per_epoch, mixup_fn=None, loss_scaler=None, amp_dtype=None,
-                    clip_grad=None, update_freq=1, logger=None, step=None):
+                    clip_grad=None, update_freq=1, logger=None, step=None, run_state=None):
     """Fine-tune ``model`` for one epoch of ``steps_per_epoch`` optimizer updates.
 
     Args:
@@ -180,6 +180,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
         logger: :class:`logger.RunLogger` for per-update scalars, or None.
         step: :class:`TorchStep` or :class:`DeepSpeedStep`; default
             ``TorchStep(model, optimizer, ...)`` of the arguments above.
+        run_state: ``run_state.RunState``: where a resumed epoch continues, and its
+            ``after_update`` after every update (timed saves, stopping on a signal).
     Returns:
         dict of epoch means over processes (``loss``, ``lr``, ``grad_norm``, ``clips_per_s``,
         ``data_time``, ``step_time``; ``loss_cls`` and ``loss_aux`` for a model with an
@@ -190,13 +192,14 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
     step = step or TorchStep(model, optimizer, loss_scaler=loss_scaler, amp_dtype=amp_dtype,
                              clip_grad=clip_grad, update_freq=update_freq)
     model.train()
-    avg, skipped, seen = Averager(), 0, 0
+    start, avg, skipped, seen = (run_state.epoch_start(epoch) if run_state is not None
+                                 else (0, Averager(), 0, 0))
     optimizer.zero_grad(set_to_none=True)
     num_batches = steps_per_epoch * update_freq
-    bar = tqdm(data_loader, total=num_batches, desc=f"epoch {epoch}", leave=True,
+    bar = tqdm(data_loader, total=num_batches, desc=f"epoch {epoch}", leave=True, initial=start,
                disable=not is_main_process(), dynamic_ncols=True, mininterval=1.0)
     t_end = time.perf_counter()
-    for i, batch in enumerate(bar):
+    for i, batch in enumerate(bar, start):
         if i >= num_batches:
             break
         t_start = time.perf_counter()
@@ -238,6 +241,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, *, 
         avg.update(step_metrics, n)
         if logger is not None and boundary:
             logger.scalars(step_metrics, update, "train")
+        if run_state is not None and boundary:
+            run_state.after_update(epoch, i, avg, skipped, seen)
         bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in step_metrics.items()),
                             refresh=False)
         t_end = time.perf_counter()

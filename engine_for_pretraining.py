@@ -129,7 +129,8 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
                     lr_scheduler, wd_schedule, steps_per_epoch, loss_scaler=None,
                     amp_dtype=None, clip_grad=None, update_freq=1, num_k=10, num_f=10, kd_T=1.0,
                     temperature_s=0.1, temperature_t=0.05, normalize_target=True,
-                    mean=None, std=None, logger=None, reference=False, feature_losses=None):
+                    mean=None, std=None, logger=None, reference=False, feature_losses=None,
+                    run_state=None):
     """Train ``student`` for one epoch; returns the epoch's mean metrics.
 
     Args:
@@ -146,16 +147,20 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
         loss_scaler: ``torch.amp.GradScaler`` for fp16, or None.
         reference: MM-hint as the public code computes it (:func:`forward_losses`).
         feature_losses: MVD's terms' :class:`losses.FeatureLoss` by name.
+        run_state: ``run_state.RunState``: where a resumed epoch continues, and its
+            ``after_update`` after every update (timed saves, stopping on a signal).
     Raises:
         NonFiniteLossError: naming the step and the term that is not finite.
     """
     student.train()
-    avg, skipped, seen = Averager(), 0, 0
+    start, avg, skipped, seen = (run_state.epoch_start(epoch) if run_state is not None
+                                 else (0, Averager(), 0, 0))
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(data_loader, desc=f"epoch {epoch}", disable=not is_main_process(),
-               dynamic_ncols=True, leave=True, mininterval=1.0)
+               dynamic_ncols=True, leave=True, mininterval=1.0, initial=start,
+               total=start + len(data_loader))
     t_end = time.perf_counter()
-    for i, batch in enumerate(bar):
+    for i, batch in enumerate(bar, start):
         t_start = time.perf_counter()
         t_data = t_start - t_end
         skipped += int(batch.get("num_skipped", 0))
@@ -199,6 +204,8 @@ def train_one_epoch(student, teacher, data_loader, optimizer, device, epoch, *, 
         avg.update(step_metrics, n)
         if logger is not None and boundary:
             logger.scalars(step_metrics, update, "train")
+        if run_state is not None and boundary:
+            run_state.after_update(epoch, i, avg, skipped, seen)
         bar.set_postfix_str(" ".join(f"{k}={v:.4g}" for k, v in step_metrics.items()
                                      if k not in ("step_time",)), refresh=False)
         t_end = time.perf_counter()

@@ -52,6 +52,7 @@ FLAG_RANGES = {
     # run length and batching
     "epochs": AT_LEAST_1, "batch_size": AT_LEAST_1, "update_freq": AT_LEAST_1,
     "save_ckpt_freq": AT_LEAST_1, "start_epoch": AT_LEAST_0, "num_workers": AT_LEAST_0,
+    "save_latest_minutes": AT_LEAST_0,
     "seed": Range(0, 2 ** 32 - 1),  # numpy's seed range
     # clip geometry and sampling
     "num_frames": AT_LEAST_1, "input_size": AT_LEAST_1, "sampling_rate": AT_LEAST_1,

@@ -9,18 +9,37 @@ from distributed import all_reduce_mean, all_reduce_sum, is_main_process
 
 class RunLogger:
     """Rank-0 sink for epoch summaries (``<output_dir>/log.json``, one JSON object per line)
-    and per-step scalars (tensorboard under ``log_dir``; none when ``log_dir`` is empty)."""
+    and per-step scalars (tensorboard under ``log_dir``; none when ``log_dir`` is empty).
 
-    def __init__(self, output_dir, log_dir=None):
+    ``resume=(epoch, update)`` for a resumed run: the records of ``epoch`` and later are
+    dropped from ``log.json``, and tensorboard hides the events of update ``update`` and later
+    (``SummaryWriter(purge_step=)``), so the redone steps appear once."""
+
+    def __init__(self, output_dir, log_dir=None, resume=None):
         self.main = is_main_process()
         self.output_dir = output_dir
         self.writer = None
         if self.main and output_dir:
             os.makedirs(output_dir, exist_ok=True)
+            if resume is not None:
+                self._drop_records_from(resume[0])
         if self.main and log_dir:
             from torch.utils.tensorboard import SummaryWriter
             os.makedirs(log_dir, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=log_dir)
+            self.writer = SummaryWriter(log_dir=log_dir,
+                                        purge_step=None if resume is None else resume[1])
+
+    def _drop_records_from(self, epoch):
+        path = os.path.join(self.output_dir, "log.json")
+        if not os.path.isfile(path):
+            return
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("epoch", -1) < epoch]
+        if len(kept) < len(lines):
+            with open(path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(path + ".tmp", path)
 
     def scalars(self, values, step, prefix):
         if self.writer is not None:

@@ -36,10 +36,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import distributed as du
 import eval_protocol
-from checkpoint import (CheckpointWriteError, adopt_position_table, adopt_tsm_shift,
-                        checkpoint_candidates, first_loadable, latest_checkpoint,
-                        load_imagenet_init, load_pretrained, load_resume_checkpoint,
-                        save_checkpoint, unwrap_state_dict)
+from checkpoint import (CheckpointWriteError, latest_checkpoint, load_imagenet_init,
+                        load_pretrained)
 from datasets import DATA_SETS
 from deepspeed_utils import (add_deepspeed_args, build_deepspeed_config, init_deepspeed,
                              input_dtype, require_deepspeed)
@@ -52,8 +50,8 @@ from modeling_encoder import add_pos_embed_arg, compile_blocks
 from modeling_resnet3d import TSM_SHIFT_PLACES
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
-from reproducibility import all_rng_states, resume_rng_state
 from run_dir import claim_output_dir, releases_output_dir
+from run_state import ResumableSampler, RunState, resume_weights
 
 
 def get_args_parser():
@@ -209,8 +207,8 @@ def build_loader(args, mode):
         return None, None, None
     dataset, _ = build_dataset(mode == "train", mode == "test", args)
     if mode == "train":  # the order from (seed, epoch) on one process too (set_epoch)
-        sampler = torch.utils.data.DistributedSampler(dataset, du.get_world_size(), du.get_rank(),
-                                                      shuffle=True, seed=args.seed)
+        sampler = ResumableSampler(dataset, du.get_world_size(), du.get_rank(), shuffle=True,
+                                   seed=args.seed)
     elif args.distributed and args.dist_eval:
         sampler = ShardSampler(len(dataset), du.get_rank(), du.get_world_size())
     else:
@@ -273,71 +271,6 @@ def setup(args):
     return model, loaders
 
 
-def _resume(args, model, optimizer=None, scaler=None):
-    """Load ``--resume`` or (``--auto_resume``) the newest checkpoint of ``--output_dir``
-    (ours or a DeepSpeed one); sets ``args.start_epoch``. Returns the path, or None.
-
-    Raises:
-        ValueError, FileNotFoundError: the checkpoint cannot be loaded or does not fit the
-            model."""
-    path, ckpt = load_resume_checkpoint(args.resume, args.output_dir, args.auto_resume)
-    if not path:
-        return None
-    if hasattr(model, "pos_embed_type"):  # a ViT: the table the checkpoint was trained with
-        args.pos_embed = adopt_position_table(model, ckpt, path)
-    args.tsm_shift = adopt_tsm_shift(model, ckpt, path)  # a TSM CNN: the shift it had
-    try:
-        model.load_state_dict(unwrap_state_dict(ckpt))
-    except RuntimeError as e:
-        raise ValueError(f"cannot resume from {path}: {str(e).strip()[:2000]}") from None
-    if optimizer is not None and ckpt.get("optimizer"):
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        args.start_epoch = ckpt["epoch"] + 1
-        resume_rng_state(ckpt.get("rng_states"), du.get_rank())  # Mixup, drop path
-    print(f"resumed from {path} (epoch {ckpt.get('epoch', '?')} done)")
-    return path
-
-
-def _resume_deepspeed(args, engine):
-    """DeepSpeed's resume (weights, ZeRO optimizer partitions, loss scale) from ``--resume``
-    (a DeepSpeed save directory or one of its tag directories) or, with ``--auto_resume``,
-    the newest tag in ``--output_dir`` that loads (``checkpoint.checkpoint_candidates``);
-    every file is read by ``checkpoint.load_checkpoint`` (``deepspeed_utils.init_deepspeed``).
-    Sets ``args.start_epoch``. Returns the path or None.
-
-    Raises:
-        ValueError, FileNotFoundError: one line naming the checkpoint."""
-    if args.resume:
-        tags = checkpoint_candidates(args.resume) or [args.resume]
-    else:
-        tags = [p for p in checkpoint_candidates(args.output_dir if args.auto_resume else "")
-                if os.path.isdir(p)]
-    if not tags:
-        return None
-
-    def load(path):
-        load_dir, tag = os.path.split(os.path.normpath(path))
-        try:
-            loaded, client = engine.load_checkpoint(load_dir, tag=tag)
-        except (RuntimeError, KeyError, AssertionError) as e:  # DeepSpeed's own checks
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"cannot resume from {path}: {first[:500]}") from None
-        if loaded is None or "epoch" not in (client or {}):
-            raise ValueError(f"cannot resume from {path}: not a DeepSpeed checkpoint of this "
-                             f"script")
-        return client
-
-    path, client = first_loadable(tags, load)
-    args.start_epoch = client["epoch"] + 1
-    # a TSM CNN: the shift the run was trained with, from its recorded arguments
-    args.tsm_shift = adopt_tsm_shift(engine.module, {"args": client.get("args")}, path,
-                                     layout="ours")
-    print(f"resumed from {path} (epoch {client['epoch']} done)")
-    return path
-
-
 def run_test(args, model, loaders, device, **eval_kwargs):
     """The multi-view test on ``test.csv`` (``eval_kwargs``: ``amp_dtype`` / ``dtype`` of
     ``multiview_test``); prints and returns the summary."""
@@ -356,25 +289,6 @@ def run_test(args, model, loaders, device, **eval_kwargs):
           f"class accuracy {summary['mean_class_acc']:.2f} | skipped {summary['skipped_views']} "
           f"views | {time.time() - t0:.1f}s")
     return summary
-
-
-def _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine=None):
-    """Save epoch ``epoch``. Raises CheckpointWriteError (disk full, ...)."""
-    if engine is not None and args.output_dir:  # every rank: each writes its ZeRO partition
-        tag = os.path.join(args.output_dir, f"checkpoint-{epoch}")
-        try:
-            engine.save_checkpoint(args.output_dir, tag=f"checkpoint-{epoch}",
-                                   client_state={"epoch": epoch, "args": vars(args)})
-        except (OSError, RuntimeError) as e:  # 'latest' still names the previous tag
-            raise CheckpointWriteError.from_exception(tag, e) from None
-    elif args.output_dir:
-        rng_states = all_rng_states()  # every rank's, so each resumes its own stream
-        if du.is_main_process():
-            save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
-                            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict() if scaler else None, "epoch": epoch,
-                             "step": (epoch + 1) * steps_per_epoch, "args": vars(args),
-                             "rng_states": rng_states})
 
 
 def _describe(args, model, optimizer, warmup, steps_per_epoch, mixup_fn):
@@ -413,24 +327,24 @@ def train(args, model, loaders, device, amp_dtype, scaler):
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         step = TorchStep(ddp, optimizer, loss_scaler=scaler, amp_dtype=amp_dtype,
                          clip_grad=args.clip_grad, update_freq=args.update_freq)
+    state = RunState(args, model, optimizer, train_sampler, steps_per_epoch, scaler=scaler,
+                     engine=engine, device=device)
     try:
-        if engine is not None:
-            _resume_deepspeed(args, engine)
-        else:
-            _resume(args, model, optimizer, scaler)
+        resumed = state.resume()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    logger = RunLogger(args.output_dir, args.log_dir)
+    logger = RunLogger(args.output_dir, args.log_dir,
+                       resume=state.log_position() if resumed else None)
     logger.write_args(args)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        train_sampler.set_epoch(epoch)
+        state.set_epoch(epoch)
         train_set.set_epoch(epoch, args.seed + du.get_rank())  # items from (seed, epoch, index)
         try:
             stats = train_one_epoch(step.model, criterion, train_loader, optimizer, device, epoch,
                                     lr_scheduler=lr_scheduler, steps_per_epoch=steps_per_epoch,
                                     mixup_fn=mixup_fn, update_freq=args.update_freq,
-                                    logger=logger, step=step)
+                                    logger=logger, step=step, run_state=state)
         except NonFiniteLossError as e:
             last = latest_checkpoint(args.output_dir)
             sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")
@@ -438,13 +352,11 @@ def train(args, model, loaders, device, amp_dtype, scaler):
         print(f"epoch {epoch}: loss {stats.get('loss', float('nan')):.4f}{aux} | lr "
               f"{stats.get('lr', 0):.3e} | {stats.get('clips_per_s', 0):.2f} clips/s | skipped "
               f"{stats['skipped_videos']} corrupted videos")
-        saving = (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs
         save_error = None
-        if saving:
-            try:
-                _save(args, epoch, steps_per_epoch, model, optimizer, scaler, engine)
-            except CheckpointWriteError as e:
-                save_error = e  # stop after this epoch's log line
+        try:
+            state.end_epoch(epoch)
+        except CheckpointWriteError as e:
+            save_error = e  # stop after this epoch's log line
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}
         if loaders["validation"][1] is not None:
             val = evaluate(model, loaders["validation"][1], device, **step.eval_kwargs,
@@ -453,8 +365,9 @@ def train(args, model, loaders, device, amp_dtype, scaler):
                   f"{val['acc1']:.2f} | Top-5 {val['acc5']:.2f} | loss {val['loss']:.4f}")
             record.update({f"val_{k}": v for k, v in val.items()})
         logger.log_json(record)
-        if saving and not du.every_rank(save_error is None, device):
-            sys.exit(f"error: {save_error or 'another rank could not write its checkpoint'}")
+        if save_error:
+            sys.exit(f"error: {save_error}")
+        state.stop_if_asked(epoch)
     logger.close()
     print(f"training time {time.time() - start:.1f}s")
     return step.eval_kwargs
@@ -474,7 +387,7 @@ def main(args):
     eval_kwargs = dict(amp_dtype=amp_dtype)
     if args.eval:
         try:
-            resumed = _resume(args, model)
+            resumed = resume_weights(args, model)
         except (ValueError, FileNotFoundError) as e:
             sys.exit(f"error: {e}")
         if not resumed and not args.finetune:

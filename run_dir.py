@@ -143,12 +143,17 @@ def claim_output_dir(output_dir, log_dir=None):
 
 
 def releases_output_dir(main):
-    """Decorator of a script's ``main(args)``: the ``--output_dir`` lock is released when
-    ``main`` returns or exits, also when it is called in-process (tests, notebooks)."""
+    """Decorator of a script's ``main(args)``: a training run's stop signals are handled from
+    the start (``run_state.STOP``), and the ``--output_dir`` lock is released and the signal
+    handlers restored when ``main`` returns or exits, also in-process (tests, notebooks)."""
     @functools.wraps(main)
     def wrapper(args, *rest, **kwargs):
+        from run_state import STOP  # lazily: run_state imports what imports this module
+        if not getattr(args, "eval", False):  # training: a stop signal is handled, not fatal
+            STOP.install()
         try:
             return main(args, *rest, **kwargs)
         finally:
             release_output_dir(getattr(args, "output_dir", ""))
+            STOP.restore()
     return wrapper

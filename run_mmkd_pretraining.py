@@ -11,7 +11,6 @@ runs it with MVD's flags and models (``main(args, build=...)``).
 """
 import argparse
 import functools
-import os
 import sys
 import time
 
@@ -20,9 +19,7 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import distributed as du
-from checkpoint import (CheckpointWriteError, adopt_position_table, checkpoint_filter_fn,
-                        latest_checkpoint, load_resume_checkpoint, load_teacher, load_weights,
-                        save_checkpoint)
+from checkpoint import CheckpointWriteError, checkpoint_filter_fn, latest_checkpoint, load_teacher
 from modeling_encoder import add_pos_embed_arg, compile_blocks
 from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
 from flag_checks import check_flags
@@ -32,10 +29,9 @@ from losses import DISTILL_VIEWS, FeatureLoss, LossWeights
 from masking_generator import MASK_GENERATORS, build_masking_generator
 from model_factory import ARCHS, PRETRAIN_MODELS, create_student, create_teacher
 from modeling_teacher import Teacher
-from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
-                           load_optimizer_state, scale_lrs)
-from reproducibility import all_rng_states, resume_rng_state
+from optim_factory import add_optim_args, amp_setup, build_lr_scheduler, build_optimizer, scale_lrs
 from run_dir import claim_output_dir, releases_output_dir
+from run_state import ResumableSampler, RunState
 
 
 def get_args_parser(teacher=True):
@@ -242,8 +238,8 @@ def setup(args, build=build_models):
     dataset = build_pretraining_dataset(args, mask_gen)
     # the order of an epoch from (seed, epoch) on one process too (set_epoch), the items from
     # (seed, epoch, index) (dataset.set_epoch): no draw from the global RNGs, whatever the workers
-    sampler = torch.utils.data.DistributedSampler(dataset, du.get_world_size(), du.get_rank(),
-                                                  shuffle=True, seed=args.seed)
+    sampler = ResumableSampler(dataset, du.get_world_size(), du.get_rank(), shuffle=True,
+                               seed=args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
         pin_memory=args.pin_mem and torch.device(args.device).type == "cuda", drop_last=True,
@@ -293,29 +289,18 @@ def main(args, build=build_models):
     weights = loss_weights(args)
     print(f"loss weights: {weights}")
 
-    try:
-        resume, ckpt = load_resume_checkpoint(args.resume, args.output_dir, args.auto_resume)
+    state = RunState(args, raw, optimizer, sampler, steps_per_epoch, scaler=scaler,
+                     device=device, filter_fn=checkpoint_filter_fn)
+    try:  # ours, or MVD's layout (bare encoder keys, stored tables): every key must fit
+        resumed = state.resume()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    if resume:
-        args.pos_embed = adopt_position_table(raw, ckpt, resume)
-        try:  # ours, or MVD's layout (bare encoder keys, stored tables): every key must fit
-            load_weights(raw, checkpoint_filter_fn(ckpt, raw), resume)
-            load_optimizer_state(optimizer, ckpt["optimizer"], resume)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        args.start_epoch = ckpt["epoch"] + 1
-        restored = resume_rng_state(ckpt.get("rng_states"), du.get_rank())
-        print(f"resumed from {resume}: epoch {ckpt['epoch']} done, global step "
-              f"{ckpt.get('step', '?')}"
-              + ("" if restored else "; no RNG state in it: drop path draws a new stream"))
-    logger = RunLogger(args.output_dir, args.log_dir)
+    logger = RunLogger(args.output_dir, args.log_dir,
+                       resume=state.log_position() if resumed else None)
     logger.write_args(args)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
+        state.set_epoch(epoch)
         dataset.set_epoch(epoch, args.seed + du.get_rank())
         try:
             stats = train_one_epoch(
@@ -330,7 +315,7 @@ def main(args, build=build_models):
                 normalize_target=args.normlize_target, mean=IMAGENET_DEFAULT_MEAN,
                 std=IMAGENET_DEFAULT_STD, logger=logger,
                 reference=getattr(args, "reference_losses", False),
-                feature_losses=feature_losses(args))
+                feature_losses=feature_losses(args), run_state=state)
         except NonFiniteLossError as e:
             last = latest_checkpoint(args.output_dir)
             sys.exit(f"error: {e}. Last good checkpoint: {last or 'none written yet'}")
@@ -340,25 +325,17 @@ def main(args, build=build_models):
         print(f"epoch {epoch}: {terms} | lr {stats['lr']:.3e} | {stats['clips_per_s']:.2f} clips/s "
               f"| data {stats['data_time']:.3f}s / step {stats['step_time']:.3f}s | skipped "
               f"{stats['skipped_videos']} corrupted videos")
-        saving = args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0
-                                      or epoch + 1 == args.epochs)
         save_error = None
-        if saving:
-            rng_states = all_rng_states()  # every rank's, so each resumes its own stream
-            if du.is_main_process():
-                try:
-                    save_checkpoint(os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"),
-                                    {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scaler": scaler.state_dict() if scaler else None,
-                                     "epoch": epoch, "step": (epoch + 1) * steps_per_epoch,
-                                     "args": vars(args), "rng_states": rng_states})
-                except CheckpointWriteError as e:
-                    save_error = e  # stop after this epoch's log line
+        try:
+            state.end_epoch(epoch)
+        except CheckpointWriteError as e:
+            save_error = e  # stop after this epoch's log line
         knn_stats = knn(raw, epoch, (epoch + 1) * steps_per_epoch, logger) if knn else {}
         logger.log_json({"epoch": epoch, "n_parameters": n_params,
                          **{f"train_{k}": v for k, v in stats.items()}, **knn_stats})
-        if saving and not du.every_rank(save_error is None, device):
-            sys.exit(f"error: {save_error or 'rank 0 could not write its checkpoint'}")
+        if save_error:
+            sys.exit(f"error: {save_error}")
+        state.stop_if_asked(epoch)
     logger.close()
     print(f"training time {time.time() - start:.1f}s")
     du.shutdown()

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
+#SBATCH --job-name=finetune_mvd_huge_k400
+#SBATCH --nodes=4 --ntasks-per-node=8 --gres=gpu:8 --cpus-per-task=10
+#SBATCH --requeue --open-mode=append --signal=USR1@180
 # Fine-tuning and 16x5x3 test of an MVD ViT-H on Kinetics-400; MODEL_PATH: its pre-training checkpoint from
 # mvd_huge_from_huge_k400_slurm.sh
 # (published: ruiwang2021/mvd scripts/mvd_vit_huge_from_vit_huge_teacher_epoch_800/finetune_on_k400.sh).
-# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] bash scripts/finetune_mvd_huge_k400_slurm.sh [extra flags]
+# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] {sbatch [sbatch options] | bash} scripts/finetune_mvd_huge_k400_slurm.sh [JOB_NAME] [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, MODEL_PATH; launcher settings: see scripts/launch.sh.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+HERE="$(dirname "${BASH_SOURCE[0]}")"  # sbatch runs a copy in its spool directory
+[ -f "$HERE/recipes.sh" ] || HERE="${SLURM_SUBMIT_DIR:-.}/scripts"
+source "$HERE/recipes.sh" 2>/dev/null \
+  || { echo "$0: cannot find $HERE/recipes.sh: run sbatch from the repository root" >&2; exit 2; }
 : "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/finetune_mvd_huge_k400}" \
   "${MODEL_PATH:=output/mvd_huge_from_huge_k400/checkpoint-799.pth}"
 export RECIPE=finetune_mvd_huge_k400

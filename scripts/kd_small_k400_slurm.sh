@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
+#SBATCH --job-name=kd_small_k400
+#SBATCH --nodes=1 --ntasks-per-node=8 --gres=gpu:8 --cpus-per-task=10
+#SBATCH --requeue --open-mode=append --signal=USR1@180
 # MMKD distillation on Kinetics-400: ViT-S student, VideoMAE ViT-B teacher (K400, 1600 epochs).
-# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=8] bash scripts/kd_small_k400_slurm.sh [extra flags]
+# Usage: [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=8] {sbatch [sbatch options] | bash} scripts/kd_small_k400_slurm.sh [JOB_NAME] [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, TEACHER_PATH; launcher settings: see scripts/launch.sh.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+HERE="$(dirname "${BASH_SOURCE[0]}")"  # sbatch runs a copy in its spool directory
+[ -f "$HERE/recipes.sh" ] || HERE="${SLURM_SUBMIT_DIR:-.}/scripts"
+source "$HERE/recipes.sh" 2>/dev/null \
+  || { echo "$0: cannot find $HERE/recipes.sh: run sbatch from the repository root" >&2; exit 2; }
 : "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/kd_small_k400}" \
   "${TEACHER_PATH:=checkpoints/videomae_base_k400_1600e.pth}"
 export RECIPE=kd_small_k400

@@ -144,6 +144,12 @@ FT_MVD_SSV2_HUGE=(--model vit_huge_patch16_224 --batch_size 8 --update_freq 1 --
 
 # the shared launcher (srun / torchrun, DRY_RUN): see launch.sh
 LAUNCH="$(dirname "${BASH_SOURCE[0]}")/launch.sh"
+# the public scripts' convention: scripts/X_slurm.sh JOB_NAME [flags] (a first argument that
+# is not a flag); sourced without arguments, this shifts the calling script's own arguments
+if [ $# -gt 0 ] && [[ $1 != -* ]]; then
+  JOB_NAME="$1"
+  shift
+fi
 
 # TPN (METHOD.md "TPN exactly"; decisionforce/TPN's config_files): SGD with Nesterov momentum
 # 0.9, lr 0.01 per 256 clips (8 clips x 32 GPUs, the scripts' default GPUS), x0.1 at epochs 75

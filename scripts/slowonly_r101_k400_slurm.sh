@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
+#SBATCH --job-name=slowonly_r101_k400
+#SBATCH --nodes=4 --ntasks-per-node=8 --gres=gpu:8 --cpus-per-task=10
+#SBATCH --requeue --open-mode=append --signal=USR1@180
 # Slow-only ResNet-101 (TPN's baseline) on Kinetics-400 from ImageNet weights, FxS = FXS (8x8, 16x4 or 32x2), fully convolutional 10x3 test with flip.
-# Usage: [FXS=16x4] [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] bash scripts/slowonly_r101_k400_slurm.sh [extra flags]
+# Usage: [FXS=16x4] [LAUNCHER=torchrun] [DRY_RUN=1] [PARTITION=...] [GPUS=32] {sbatch [sbatch options] | bash} scripts/slowonly_r101_k400_slurm.sh [JOB_NAME] [extra flags]
 # Paths from the environment: DATA_PATH, OUTPUT_DIR, IMAGENET_INIT (torchvision's resnet101 weights); launcher settings: see scripts/launch.sh.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/recipes.sh"
+HERE="$(dirname "${BASH_SOURCE[0]}")"  # sbatch runs a copy in its spool directory
+[ -f "$HERE/recipes.sh" ] || HERE="${SLURM_SUBMIT_DIR:-.}/scripts"
+source "$HERE/recipes.sh" 2>/dev/null \
+  || { echo "$0: cannot find $HERE/recipes.sh: run sbatch from the repository root" >&2; exit 2; }
 : "${FXS:=8x8}"
 fxs_flags "$FXS"
 : "${DATA_PATH:=data/k400}" "${OUTPUT_DIR:=output/slowonly_r101_k400_$FXS}" \

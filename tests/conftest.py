@@ -44,6 +44,8 @@ def two_block_tiny():
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped where none is "
                                        "visible; run them alone with `pytest -m cuda`)")
+    config.addinivalue_line("markers", "slurm: runs a private SLURM cluster (tests/test_slurm.py; "
+                                       "skipped without slurm-wlm, munge and root)")
 
 
 def pytest_collection_modifyitems(config, items):

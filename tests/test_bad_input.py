@@ -342,7 +342,8 @@ def test_disk_full_on_a_real_small_file_system(data, tmp_path):
         assert "free on its file system" in last
         assert [r["epoch"] for r in read_log(mnt)] == [0, 1]
         assert sorted(n for n in os.listdir(mnt) if n.startswith("checkpoint")) == \
-            ["checkpoint-0.pth"]
+            ["checkpoint-0.pth", "checkpoint-latest.pth"]  # the rolling one: a hard link
+        assert os.path.samefile(mnt / "checkpoint-0.pth", mnt / "checkpoint-latest.pth")
         assert torch.load(mnt / "checkpoint-0.pth", weights_only=True)["epoch"] == 0
     finally:
         subprocess.run(["umount", str(mnt)], check=True)

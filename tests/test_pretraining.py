@@ -10,6 +10,7 @@ import torch
 
 import losses
 import run_mmkd_pretraining as rmp
+import run_state
 from conftest import VIDEOS, linear_output_dtypes
 
 CLIPS = ["arm_wrestling_demo.mp4", "flipping_a_pancake.mkv", "kinetics_clip_test.avi",
@@ -196,12 +197,12 @@ def test_same_seed_same_losses_with_any_workers_and_after_a_resume(anno, teacher
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     run(common + ["--num_workers", "2", "--output_dir", straight])
 
-    def killed_after_epoch_1(path, state, save=rmp.save_checkpoint):
+    def killed_after_epoch_1(path, state, save=run_state.save_checkpoint):
         save(path, state)
         if state["epoch"] == 1:
             raise KeyboardInterrupt
     with monkeypatch.context() as m:
-        m.setattr(rmp, "save_checkpoint", killed_after_epoch_1)
+        m.setattr(run_state, "save_checkpoint", killed_after_epoch_1)
         with pytest.raises(KeyboardInterrupt):
             run(common + ["--output_dir", resumed])
     ckpt = torch.load(os.path.join(resumed, "checkpoint-1.pth"), weights_only=True)

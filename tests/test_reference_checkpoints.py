@@ -12,6 +12,7 @@ import torch
 import extract_features
 import run_class_finetuning as rcf
 import run_mmkd_pretraining as rmp
+import run_state
 from checkpoint import UnsafeCheckpointError, load_checkpoint
 from conftest import VIDEOS
 from optim_factory import build_optimizer
@@ -205,7 +206,8 @@ def test_eval_resume_and_finetune_resume_of_a_reference_file(files, tmp_path, ca
     rcf.resolve_args(args, model)
     optimizer = build_optimizer(model, args, layer_decay=args.layer_decay)
     scaler = torch.amp.GradScaler("cpu")
-    assert rcf._resume(args, model, optimizer, scaler) == files["paths"]["finetune"]
+    state = run_state.RunState(args, model, optimizer, None, 1, scaler=scaler)
+    assert state.resume() == files["paths"]["finetune"]
     assert args.start_epoch == 1
     _same_weights(model, files["clf"])
     _same_optimizer_state(model, optimizer, files["clf"], files["ft_opt"])

@@ -167,7 +167,9 @@ def _run_dry(script, *extra, **env):
     """``script`` run with ``DRY_RUN=1``, :data:`PATHS` and ``env`` (and no launcher settings
     of ours from the environment)."""
     full = dict(os.environ, DRY_RUN="1", **PATHS, **env)
-    for key in ("LAUNCHER", "PARTITION", "SRUN_ARGS", "GPUS", "GPUS_PER_NODE", "JOB_NAME"):
+    for key in ("LAUNCHER", "PARTITION", "SRUN_ARGS", "GPUS", "GPUS_PER_NODE", "JOB_NAME", "GRES",
+                "SBATCH_GRES", "SIGNAL", "CPUS_PER_TASK", "SLURM_JOB_ID", "SLURM_CPUS_PER_TASK",
+                "SLURM_SUBMIT_DIR"):
         if key not in env:
             full.pop(key, None)
     return subprocess.run(["bash", os.path.join(SCRIPTS, script), *extra], env=full,
@@ -437,3 +439,71 @@ def test_mvd_large_and_huge_scripts_build_their_models(config):
     assert student.decoder_vid.head.out_features == args.video_distillation_target_dim
     assert len(student.decoder_img.blocks) == args.feat_decoder_depth
     assert student.decoder_vid.use_checkpoint == args.use_checkpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# SLURM: sbatch defaults, the job-name argument, the allocation's shape, GPU-less partitions
+# (run for real against slurmctld / slurmd in tests/test_slurm.py)
+# ---------------------------------------------------------------------------------------------
+
+def sbatch_header(script):
+    """``{option: value}`` of the ``#SBATCH`` lines of ``script``."""
+    options = {}
+    for line in open(os.path.join(SCRIPTS, script)):
+        if line.startswith("#SBATCH"):
+            for token in line.split()[1:]:
+                key, _, value = token.partition("=")
+                options[key] = value
+    return options
+
+
+def test_sbatch_defaults_match_each_recipe():
+    for path in sorted(glob.glob(os.path.join(SCRIPTS, "*_slurm.sh"))):
+        script = os.path.basename(path)
+        h = sbatch_header(script)
+        launcher, _, _ = split_command(dry_run(script))
+        ntasks = int(next(t for t in launcher if t.startswith("--ntasks=")).split("=")[1])
+        per = int(h["--ntasks-per-node"])
+        assert int(h["--nodes"]) * per == ntasks, script
+        assert h["--gres"] == f"gpu:{per}" and h["--cpus-per-task"] == "10", script
+        assert h["--job-name"] == script[:-len("_slurm.sh")], script
+        assert {"--requeue", "--open-mode", "--signal"} <= set(h), script
+        assert h["--open-mode"] == "append" and h["--signal"].startswith("USR1@"), script
+
+
+def test_first_argument_not_a_flag_is_the_job_name():
+    launcher, _, args = parsed("kd_base_ucf", "myjob", "--epochs", "1")
+    assert "--job-name=myjob" in launcher and args.epochs == 1
+    launcher, _, _ = parsed("kd_base_ucf", "--epochs", "1")
+    assert "--job-name=kd_base_ucf" in launcher
+
+
+def test_inside_an_allocation_srun_takes_its_shape():
+    launcher, script, _ = split_command(dry_run("mvd_base_from_base_k400_slurm.sh",
+                                                SLURM_JOB_ID="7", SLURM_CPUS_PER_TASK="6"))
+    assert launcher == ["srun", "--kill-on-bad-exit=1", "--cpus-per-task=6", "python", "-u"]
+    assert script == "run_mvd_pretraining.py"
+
+
+@pytest.mark.parametrize("variable", ["GRES", "SBATCH_GRES"])
+def test_a_partition_without_gpus(variable):
+    launcher, _, _ = split_command(dry_run("kd_small_k400_slurm.sh", **{variable: "none"}))
+    assert not any(t.startswith("--gres") for t in launcher) and "--ntasks=8" in launcher
+
+
+def test_sbatch_copy_in_the_spool_directory_finds_the_repository(tmp_path):
+    """sbatch runs a copy of the script from slurmd's spool directory: the repository is
+    found from $SLURM_SUBMIT_DIR; elsewhere one line says what to do."""
+    spool = tmp_path / "job00005"
+    spool.mkdir()
+    copy = spool / "slurm_script"
+    copy.write_text(open(os.path.join(SCRIPTS, "kd_base_k400_slurm.sh")).read())
+    env = dict(os.environ, DRY_RUN="1", SLURM_SUBMIT_DIR=ROOT, SLURM_JOB_ID="5")
+    out = subprocess.run(["bash", str(copy)], env=env, capture_output=True, text=True,
+                         timeout=30, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert split_command(shlex.split(out.stdout))[1] == "run_mmkd_pretraining.py"
+    env["SLURM_SUBMIT_DIR"] = str(tmp_path)
+    out = subprocess.run(["bash", str(copy)], env=env, capture_output=True, text=True,
+                         timeout=30, cwd=str(tmp_path))
+    assert out.returncode == 2 and "run sbatch from the repository root" in out.stderr
