@@ -173,7 +173,9 @@ def test_fine_tuning_stops_naming_the_last_sane_checkpoint(tmp_path, monkeypatch
     assert f"last checkpoint whose weights were sane: {os.path.join(out, 'checkpoint-0.pth')}" \
         in msg
     assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint")) == \
-        ["checkpoint-0.pth"]
+        ["checkpoint-0.pth", "checkpoint-latest.pth"]
+    # the rolling checkpoint was not replaced by epoch 1's weights either
+    assert torch.load(os.path.join(out, "checkpoint-latest.pth"), weights_only=True)["epoch"] == 0
 
 
 def test_a_fifo_is_reported_as_such(tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 import extract_features
 import run_class_finetuning as rcf
+import run_state
 from checkpoint import load_teacher, save_checkpoint
 from conftest import VIDEOS
 from model_factory import create_classifier, create_student, create_teacher
@@ -98,7 +99,7 @@ def test_release_round_trips_through_every_entry_point(release, tmp_path):
         built.append(rcf.build_model(args).eval())
     resumed = create_classifier("vit_tiny_patch16_224", num_classes=5, **TINY).eval()
     args.resume, args.output_dir = out, ""  # --resume / --eval --resume of the directory
-    assert rcf._resume(args, resumed) == out
+    assert run_state.resume_weights(args, resumed) == out
     with torch.no_grad():
         want = model(x)
         for m in (*built, resumed):
