@@ -16,6 +16,24 @@ VIDEOS = os.path.join(ROOT, "tests", "data", "videos")
 
 
 @contextlib.contextmanager
+def killed_after_saving(epoch):
+    """While active, ``run_state``'s write of the checkpoint of ``epoch`` is followed by a
+    ``KeyboardInterrupt``: a run killed right after that save, for resume tests."""
+    import run_state
+    real = run_state.save_checkpoint
+
+    def save(path, state):
+        real(path, state)
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+    run_state.save_checkpoint = save
+    try:
+        yield
+    finally:
+        run_state.save_checkpoint = real
+
+
+@contextlib.contextmanager
 def linear_output_dtypes(**modules):
     """While active, record the dtype of every ``nn.Linear`` output inside each named module
     (``name=module``): yields ``{name: set of dtypes}``, filled as the modules run. Tells

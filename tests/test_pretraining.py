@@ -10,8 +10,7 @@ import torch
 
 import losses
 import run_mmkd_pretraining as rmp
-import run_state
-from conftest import VIDEOS, linear_output_dtypes
+from conftest import VIDEOS, killed_after_saving, linear_output_dtypes
 
 CLIPS = ["arm_wrestling_demo.mp4", "flipping_a_pancake.mkv", "kinetics_clip_test.avi",
          "short_clip_part0.mp4", "corrupted_h264.mp4"]
@@ -185,8 +184,7 @@ def test_teacher_of_another_token_grid(anno, tmp_path):
         rmp.resolve_args(args, student, teacher)
 
 
-def test_same_seed_same_losses_with_any_workers_and_after_a_resume(anno, teacher_ckpt, tmp_path,
-                                                                   monkeypatch):
+def test_same_seed_same_losses_with_any_workers_and_after_a_resume(anno, teacher_ckpt, tmp_path):
     """Items come from (seed, epoch, index), the order from (seed, epoch), and a checkpoint
     carries the RNG states (drop path here): two workers or none, straight through or killed
     after a checkpoint and resumed, every epoch's losses are the same to the bit."""
@@ -197,14 +195,8 @@ def test_same_seed_same_losses_with_any_workers_and_after_a_resume(anno, teacher
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     run(common + ["--num_workers", "2", "--output_dir", straight])
 
-    def killed_after_epoch_1(path, state, save=run_state.save_checkpoint):
-        save(path, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt
-    with monkeypatch.context() as m:
-        m.setattr(run_state, "save_checkpoint", killed_after_epoch_1)
-        with pytest.raises(KeyboardInterrupt):
-            run(common + ["--output_dir", resumed])
+    with killed_after_saving(1), pytest.raises(KeyboardInterrupt):
+        run(common + ["--output_dir", resumed])
     ckpt = torch.load(os.path.join(resumed, "checkpoint-1.pth"), weights_only=True)
     assert len(ckpt["rng_states"]) == 1 and ckpt["rng_states"][0]["numpy"]["keys"].numel() == 624
     run(common + ["--output_dir", resumed])  # auto-resumes at epoch 2

@@ -13,8 +13,7 @@ import torch
 import engine_for_pretraining as engine
 import run_mmkd_pretraining as rmp
 import run_mvd_pretraining as mvd
-import run_state
-from conftest import ROOT, VIDEOS
+from conftest import ROOT, VIDEOS, killed_after_saving
 from datasets.guard import CorruptedVideoGuard
 from datasets.transforms import PretrainTransform
 from test_mvd import TINY as MVD_TINY
@@ -99,14 +98,8 @@ def test_num_sample_2_one_decode_two_crops_and_masks_resume_exact(name, anno, tm
         assert not torch.equal(mask[0], mask[1])
         assert mask.sum(1).tolist() == [16, 16]
 
-    def killed_after_epoch_0(path, state, save=run_state.save_checkpoint):
-        save(path, state)
-        if state["epoch"] == 0:
-            raise KeyboardInterrupt
-    with monkeypatch.context() as m:
-        m.setattr(run_state, "save_checkpoint", killed_after_epoch_0)
-        with pytest.raises(KeyboardInterrupt):
-            _run(name, anno, resumed)
+    with killed_after_saving(0), pytest.raises(KeyboardInterrupt):
+        _run(name, anno, resumed)
     _run(name, anno, resumed)  # auto-resumes at epoch 1
     assert "resumed from" in capsys.readouterr().out
     a, b = _log(straight), _log(resumed)
