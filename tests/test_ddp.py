@@ -108,21 +108,28 @@ def test_two_processes_match_one_on_the_same_global_batch(batch, alpha, tmp_path
         assert two["stats"]["relation"] != pytest.approx(one["relation"], rel=1e-3)
 
 
-def test_torchrun_two_process_pretraining_script(tmp_path):
-    anno = tmp_path / "train.csv"
-    # 6 items: no DistributedSampler padding, so each item is seen exactly once
-    anno.write_text("".join(f"{c} 0\n" for c in CLIPS + ["corrupted_h264.mp4", "short_clip_part0.mp4"]))
-    out = tmp_path / "kd"
+def torchrun_pretraining(anno, out, *extra):
+    """``run_mmkd_pretraining.py`` under torchrun with 2 CPU processes (gloo) on ``anno``, a
+    tiny ViT-Ti pair, one epoch into ``out``; returns the finished process (rc 0 asserted)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", str(free_port()), os.path.join(ROOT, "run_mmkd_pretraining.py"),
            "--data_path", str(anno), "--data_root", VIDEOS, "--model",
            "pretrain_videomae_tiny_patch16_224", "--model_t", "pretrain_videomae_tiny_patch16_224",
            "--input_size", "32", "--num_frames", "4", "--sampling_rate", "2", "--batch_size", "1",
            "--mask_ratio", "0.5", "--num_k", "1", "--num_f", "2", "--epochs", "1",
-           "--device", "cpu", "--num_workers", "0", "--output_dir", str(out)]
+           "--device", "cpu", "--num_workers", "0", "--output_dir", str(out), *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_torchrun_two_process_pretraining_script(tmp_path):
+    anno = tmp_path / "train.csv"
+    # 6 items: no DistributedSampler padding, so each item is seen exactly once
+    anno.write_text("".join(f"{c} 0\n" for c in CLIPS + ["corrupted_h264.mp4", "short_clip_part0.mp4"]))
+    out = tmp_path / "kd"
+    res = torchrun_pretraining(anno, out)
     assert "effective batch size 2 = 1 per process x 2 processes x 1 accumulation" in res.stdout
     log = [json.loads(line) for line in open(out / "log.json")]
     assert len(log) == 1  # rank 0 alone writes

@@ -4,8 +4,6 @@ batch; a run killed after a checkpoint and resumed is bit-identical to one strai
 Run for each of the three pre-training scripts on the bundled clips."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import torch
 import engine_for_pretraining as engine
 import run_mmkd_pretraining as rmp
 import run_mvd_pretraining as mvd
-from conftest import ROOT, VIDEOS, killed_after_saving
+from conftest import VIDEOS, killed_after_saving
 from datasets.guard import CorruptedVideoGuard
 from datasets.transforms import PretrainTransform
 from test_mvd import TINY as MVD_TINY
@@ -113,21 +111,12 @@ def test_num_sample_2_one_decode_two_crops_and_masks_resume_exact(name, anno, tm
 def test_two_processes_num_sample_2(tmp_path):
     """torchrun, 2 processes: every clip of every rank's decodes trains, the corrupted video
     is skipped by both ranks together, and the effective batch counts clips."""
-    from test_ddp import free_port
+    from test_ddp import torchrun_pretraining
     anno = tmp_path / "train.csv"  # 4 items: 2 steps of 1 video per rank
     anno.write_text("arm_wrestling_demo.mp4 0\ncorrupted_h264.mp4 0\nflipping_a_pancake.mkv 0\n"
                     "short_clip_part0.mp4 0\n")
     out = tmp_path / "mmkd"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), os.path.join(ROOT, "run_mmkd_pretraining.py"),
-           "--data_path", str(anno), "--data_root", VIDEOS, "--model",
-           "pretrain_videomae_tiny_patch16_224", "--model_t", "pretrain_videomae_tiny_patch16_224",
-           "--input_size", "32", "--num_frames", "4", "--sampling_rate", "2", "--batch_size", "1",
-           "--num_sample", "2", "--mask_ratio", "0.5", "--num_k", "1", "--num_f", "2",
-           "--epochs", "1", "--device", "cpu", "--num_workers", "0", "--output_dir", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = torchrun_pretraining(anno, out, "--num_sample", "2")
     assert ("effective batch size 4 = 1 per process x 2 clips per video x 2 processes x 1 "
             "accumulation") in res.stdout
     (log,) = [json.loads(line) for line in open(out / "log.json")]
