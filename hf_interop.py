@@ -2,7 +2,7 @@
 ``VideoMAEModel`` / ``VideoMAEForPreTraining`` / ``VideoMAEForVideoClassification`` and back.
 
 The state-dict key mapping (q/k/v split and merge included) is in ``checkpoint.py``
-(:func:`checkpoint.hf_to_ours`, :func:`checkpoint.ours_to_hf`), the one place keys are
+(:func:`weights.hf_to_ours`, :func:`weights.ours_to_hf`), the one place keys are
 remapped; this module maps the *configs* and builds the models around it.
 
 Numerical differences that no weight mapping can remove (measured in ``tests/test_interop.py``):
@@ -29,7 +29,8 @@ import warnings
 
 import torch.nn as nn
 
-from checkpoint import canonical_state_dict, load_checkpoint, load_pretrained, ours_to_hf
+from checkpoint import load_checkpoint
+from weights import canonical_state_dict, load_pretrained, ours_to_hf
 from modeling_encoder import VideoViTEncoder
 from modeling_finetune import VisionTransformer
 from modeling_student import PretrainVisionTransformer

@@ -101,7 +101,7 @@ def create_teacher(name, sees_all_tokens=False, flag="--model_t", **kwargs):
 def create_image_teacher(name, img_size=224, tubelet_size=2):
     """A frozen :class:`ImageTeacher` ``name`` (MVD's ``--image_teacher_model``) for frames of
     ``img_size`` pixels (``--teacher_input_size``), random until loaded
-    (``checkpoint.load_image_teacher``): timm's ``VisionTransformer`` with a class token, no
+    (``weights.load_image_teacher``): timm's ``VisionTransformer`` with a class token, no
     head and no pooling. Raises ValueError for an unknown name or a size the patch does not
     divide."""
     from timm.models.vision_transformer import VisionTransformer as ImageViT

@@ -6,7 +6,7 @@
         --batch_size 16 --epochs 150 --layer_decay 0.75 --dist_eval
 
 The pre-trained encoder (a student, a teacher, a VideoMAE/MVD/MMKD pre-training or
-fine-tuned checkpoint, or a Hugging Face one; loaded by ``checkpoint.load_pretrained``, which
+fine-tuned checkpoint, or a Hugging Face one; loaded by ``weights.load_pretrained``, which
 rebuilds the fixed position table for ``--num_frames`` / ``--input_size`` and resizes a learned
 one) gets a new ``fc_norm`` and head; training uses layer-wise lr decay, Mixup/CutMix,
 label smoothing, RandAugment, random erasing and repeated augmentation; every epoch is
@@ -36,8 +36,9 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import distributed as du
 import eval_protocol
-from checkpoint import (CheckpointWriteError, latest_checkpoint, load_imagenet_init,
-                        load_pretrained)
+from checkpoint import CheckpointWriteError, latest_checkpoint
+from modeling_tpn import load_imagenet_init
+from weights import load_pretrained
 from datasets import DATA_SETS
 from deepspeed_utils import (add_deepspeed_args, build_deepspeed_config, init_deepspeed,
                              input_dtype, require_deepspeed)
@@ -46,7 +47,8 @@ from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep,
 from flag_checks import check_flags
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, CNN_MODELS, create_classifier
-from modeling_encoder import add_pos_embed_arg, compile_blocks
+from modeling_encoder import compile_blocks
+from pos_embed import add_pos_embed_arg
 from modeling_resnet3d import TSM_SHIFT_PLACES
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)

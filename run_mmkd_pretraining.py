@@ -19,8 +19,10 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import distributed as du
-from checkpoint import CheckpointWriteError, checkpoint_filter_fn, latest_checkpoint, load_teacher
-from modeling_encoder import add_pos_embed_arg, compile_blocks
+from checkpoint import CheckpointWriteError, latest_checkpoint
+from weights import load_teacher, vit_checkpoint_filter
+from modeling_encoder import compile_blocks
+from pos_embed import add_pos_embed_arg
 from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
 from flag_checks import check_flags
 from frozen_eval import OnlineKNN, add_knn_args
@@ -290,7 +292,7 @@ def main(args, build=build_models):
     print(f"loss weights: {weights}")
 
     state = RunState(args, raw, optimizer, sampler, steps_per_epoch, scaler=scaler,
-                     device=device, filter_fn=checkpoint_filter_fn)
+                     device=device, filter_fn=vit_checkpoint_filter)
     try:  # ours, or MVD's layout (bare encoder keys, stored tables): every key must fit
         resumed = state.resume()
     except (ValueError, FileNotFoundError) as e:

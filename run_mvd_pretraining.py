@@ -20,7 +20,7 @@ the whole clip, at the student's visible positions.
 """
 import argparse
 
-from checkpoint import load_image_teacher, load_teacher
+from weights import load_image_teacher, load_teacher
 from losses import FEATURE_LOSSES
 from model_factory import (ARCHS, IMAGE_TEACHER_MODELS, MVD_STUDENT_MODELS, TEACHER_MODELS,
                            create_image_teacher, create_student, create_teacher)

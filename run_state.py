@@ -38,10 +38,10 @@ import torch
 import torch.distributed as dist
 
 import distributed as du
-from checkpoint import (CheckpointWriteError, adopt_position_table, adopt_tsm_shift,
-                        checkpoint_candidates, first_loadable,
-                        load_resume_checkpoint, load_weights, save_checkpoint,
-                        unwrap_state_dict)
+from checkpoint import (CheckpointWriteError, checkpoint_candidates, first_loadable,
+                        load_resume_checkpoint, save_checkpoint, unwrap_state_dict)
+from modeling_tpn import adopt_tsm_shift
+from weights import adopt_position_table, load_weights
 from logger import Averager
 from optim_factory import load_optimizer_state
 from reproducibility import all_rng_states, resume_rng_state

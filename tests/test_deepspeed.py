@@ -14,7 +14,8 @@ import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 
 import run_class_finetuning as rcf
-from checkpoint import checkpoint_kind, load_checkpoint, load_pretrained
+from checkpoint import load_checkpoint
+from weights import checkpoint_kind, load_pretrained
 from deepspeed_utils import (_free_port, add_deepspeed_args, build_deepspeed_config,
                              init_deepspeed, input_dtype, load_deepspeed_weights,
                              require_deepspeed)

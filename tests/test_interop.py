@@ -18,8 +18,8 @@ transformers = pytest.importorskip("transformers")
 from transformers import (VideoMAEConfig, VideoMAEForPreTraining,  # noqa: E402
                           VideoMAEForVideoClassification, VideoMAEModel)
 
-from checkpoint import (checkpoint_kind, hf_to_ours, load_pretrained, load_teacher,  # noqa: E402
-                        ours_to_hf, save_checkpoint)
+from checkpoint import save_checkpoint  # noqa: E402
+from weights import checkpoint_kind, hf_to_ours, load_pretrained, load_teacher, ours_to_hf  # noqa: E402
 from hf_interop import encoder_kwargs_from_hf, export_to_hf, from_hf, hf_config, to_hf  # noqa: E402
 from losses import pixel_targets  # noqa: E402
 from masking_generator import TubeMaskingGenerator  # noqa: E402

@@ -19,7 +19,8 @@ import torch
 
 import run_class_finetuning as rcf
 import run_mmkd_pretraining as rmp
-from checkpoint import checkpoint_kind, load_checkpoint, load_pretrained
+from checkpoint import load_checkpoint
+from weights import checkpoint_kind, load_pretrained
 from keras_interop import load_keras_weights
 from modeling_finetune import VisionTransformer
 from modeling_student import PretrainVisionTransformer

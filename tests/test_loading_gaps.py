@@ -12,8 +12,8 @@ import torch
 
 import extract_features
 import run_class_finetuning as rcf
-from checkpoint import (DivergedWeightsError, WEIGHT_BOUND, load_checkpoint, load_pretrained,
-                        save_checkpoint)
+from checkpoint import DivergedWeightsError, WEIGHT_BOUND, load_checkpoint, save_checkpoint
+from weights import load_pretrained
 from conftest import VIDEOS
 from datasets.annotations import validate_annotation
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation

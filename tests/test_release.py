@@ -12,7 +12,8 @@ import torch
 
 import extract_features
 import run_class_finetuning as rcf
-from checkpoint import load_teacher, save_checkpoint
+from checkpoint import save_checkpoint
+from weights import load_teacher
 from conftest import VIDEOS
 from model_factory import create_classifier, create_student, create_teacher
 from run_mmkd_pretraining import get_args_parser as pretraining_parser

@@ -15,7 +15,9 @@ import torch
 import torchvision
 
 import run_class_finetuning as rcf
-from checkpoint import adopt_tsm_shift, load_imagenet_init, load_pretrained, save_checkpoint
+from checkpoint import save_checkpoint
+from modeling_tpn import adopt_tsm_shift, load_imagenet_init
+from weights import load_pretrained
 from conftest import VIDEOS
 from datasets import build_dataset, load_frames, tsn_sample_indices
 from datasets.annotations import convert_ssv1
