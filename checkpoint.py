@@ -15,6 +15,7 @@ import shutil
 
 import torch
 
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, quota, read-only or failing storage).
     The message is one line naming the file, the reason and the free space left."""

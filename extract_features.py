@@ -29,16 +29,16 @@ import torch
 import torch.nn as nn
 
 from checkpoint import load_checkpoint, read_release_config
-from weights import canonical_state_dict, load_pretrained
 from datasets.sampling import dense_test_indices
 from datasets.transforms import EvalTransform
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation
 from flag_checks import check_flags
 from model_factory import ARCHS, CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier
 from modeling_encoder import VideoViTEncoder
-from pos_embed import add_pos_embed_arg
-from modeling_finetune import VisionTransformer
+from modeling_finetune import VideoViTClassifier
 from modeling_student import PretrainVisionTransformer
+from pos_embed import add_pos_embed_arg
+from weights import canonical_state_dict, load_pretrained
 
 
 class FeatureEncoder(nn.Module):
@@ -52,7 +52,7 @@ class FeatureEncoder(nn.Module):
         if isinstance(model, PretrainVisionTransformer):
             model = model.encoder
         self.encoder = model
-        self.fc_norm = model.fc_norm if isinstance(model, VisionTransformer) else None
+        self.fc_norm = model.fc_norm if isinstance(model, VideoViTClassifier) else None
 
     @torch.no_grad()
     def forward(self, x):

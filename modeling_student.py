@@ -31,8 +31,8 @@ import torch.nn as nn
 from timm.layers import Mlp, trunc_normal_
 
 from modeling_encoder import Block, VideoViTEncoder, init_pretrain_weights, run_block, select_tokens
-from pos_embed import position_table
 from modeling_teacher import attention_views
+from pos_embed import position_table
 
 
 @dataclass

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from checkpoint import load_checkpoint, saved_args, unwrap_state_dict
-from modeling_resnet3d import TSM_SHIFT_PLACES, SlowOnlyResNet, TSMResNet, inflate_weight
+from modeling_resnet3d import (RES_STAGES, TSM_SHIFT_PLACES, SlowOnlyResNet, TSMResNet,
+                               inflate_weight)
 from weights import load_weights
 
 
@@ -268,6 +269,21 @@ class VideoResNetClassifier(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
+    # The model interface the training code asks instead of checking types (the ViT
+    # classifier, ``modeling_finetune.VideoViTClassifier``, answers the same questions).
+    is_fully_convolutional = True  # any input size; ``--fcn_test`` applies
+    # mmcv's SGD of the CNN recipes decays every parameter, biases and BatchNorms included
+    # (timm's ``create_optimizer_v2(filter_bias_and_bn=)``)
+    filter_bias_and_bn = False
+
+    def no_weight_decay(self):
+        """Parameter names kept out of weight decay: none (see ``filter_bias_and_bn``)."""
+        return set()
+
+    def get_num_layers(self):
+        """The backbone's residual blocks (ResNet-50: 16, ResNet-101: 33)."""
+        return sum(len(getattr(self.backbone, name)) for name in RES_STAGES)
+
     def set_grad_checkpointing(self, enable=True):
         self.backbone.set_grad_checkpointing(enable)
 
@@ -276,9 +292,14 @@ class VideoResNetClassifier(nn.Module):
         feats = self.backbone(x)
         return self.neck(feats) if self.neck is not None else (feats[-1], None)
 
+    def forward_head(self, feats, pre_logits=False):
+        """``feats [B, 2048, T', h, w]`` -> logits ``[B, num_classes]`` (:class:`ClsHead`;
+        fully convolutional in eval mode), or with ``pre_logits`` the pooled ``[B, 2048]``."""
+        return feats.mean(dim=(2, 3, 4)) if pre_logits else self.cls_head(feats)
+
     def forward(self, x):
         feats, aux = self.forward_features(x)
-        logits = self.cls_head(feats)
+        logits = self.forward_head(feats)
         return logits if aux is None else AuxOutput(logits, aux, self.aux_weight)
 
     def load_pretrained(self, ckpt, source, strict=False):

@@ -199,6 +199,8 @@ def encoder_state_dict(state):
     _, state = canonical_state_dict(state)
     return {k: v for k, v in state.items() if k not in _DECODER_TABLES
             and (k.startswith(_ENCODER_ROOTS) or not k.startswith(_PRETRAINING_PARTS))}
+
+
 def checkpoint_position_table(ckpt, grid, src_grid=None):
     """What a checkpoint says about its position table.
 
@@ -239,6 +241,7 @@ def mvd_finetune_flags(saved):
                          "token before the patch tokens); our classifiers mean-pool the patch "
                          "tokens and have no class token")
     return found
+
 
 def adopt_position_table(model, ckpt, source, src_grid=None):
     """Give ``model`` the fixed position table its checkpoint was trained with, and print
@@ -414,6 +417,8 @@ def load_pretrained(model, ckpt, source, strict=False, src_grid=None):
         del state[k]
     return load_weights(model, state, source, allow_missing=(_NOT_ENCODER_CORE,),
                         allow_unexpected=(_NOT_ENCODER_CORE,))
+
+
 def load_teacher(teacher, path):
     """Load a teacher's encoder from any pre-training, fine-tuned or Hugging Face checkpoint
     at ``path`` (``--path_t``). A final norm, classifier head or pixel decoder in the file is

@@ -15,12 +15,12 @@ from timm.optim import create_optimizer_v2
 
 import run_class_finetuning as rcf
 from checkpoint import load_checkpoint
-from weights import checkpoint_kind, load_pretrained
 from deepspeed_utils import (_free_port, add_deepspeed_args, build_deepspeed_config,
                              init_deepspeed, input_dtype, load_deepspeed_weights,
                              require_deepspeed)
 from model_factory import create_classifier
 from test_finetuning import DIST_CLIPS, ENV, ROOT, VIDEOS, _anno_dir
+from weights import checkpoint_kind, load_pretrained
 
 GEOM = dict(img_size=32, num_frames=4)
 

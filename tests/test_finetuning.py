@@ -14,14 +14,14 @@ from timm.scheduler import CosineLRScheduler
 
 import run_class_finetuning as rcf
 from checkpoint import save_checkpoint
-from pos_embed import resize_pos_embed
-from weights import load_pretrained
 from conftest import ROOT, VIDEOS
 from engine_for_finetuning import (NonFiniteLossError, average_views, flatten_repeated,
                                    mix_clips, multiview_metrics, topk_correct, train_one_epoch)
 from model_factory import create_classifier, create_student
+from pos_embed import resize_pos_embed
 from pos_embed import sinusoid_table
 from tools.make_demo_splits import decode_resized, make_demo_splits, segment_ranges
+from weights import load_pretrained
 
 TINY = dict(img_size=32, num_frames=4)
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)

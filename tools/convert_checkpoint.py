@@ -24,13 +24,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoint import load_checkpoint, save_checkpoint, unwrap_state_dict  # noqa: E402
-from weights import (adopt_position_table, canonical_state_dict, checkpoint_kind, load_weights,  # noqa: E402
-                     vit_checkpoint_filter)
 from flag_checks import check_flags  # noqa: E402
 from hf_interop import check_position_table, export_to_hf, from_hf  # noqa: E402
 from keras_interop import load_keras_weights  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
 from pos_embed import add_pos_embed_arg  # noqa: E402
+from weights import (adopt_position_table, canonical_state_dict, checkpoint_kind, load_weights,  # noqa: E402
+                     vit_checkpoint_filter)
 
 
 def get_args_parser():
