@@ -18,7 +18,7 @@ Use in a training script (``run_class_finetuning.py``)::
     #            engine.backward(loss); engine.step()   (accumulation, clipping, loss scale inside)
     # save:      engine.save_checkpoint(output_dir, tag=f"checkpoint-{epoch}",
     #                                   client_state={"epoch": epoch, "args": vars(args)})
-    # weights:   checkpoint.load_pretrained(model, output_dir, ...) or load_deepspeed_weights()
+    # weights:   weights.load_pretrained(model, output_dir, ...) or load_deepspeed_weights()
 """
 import os
 import socket

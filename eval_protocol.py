@@ -89,7 +89,7 @@ def require_trained_head(missing, path, nb_classes):
     """Refuse to ``--eval`` a checkpoint whose classification head the model did not get.
 
     Args:
-        missing: the keys :func:`checkpoint.load_pretrained` left new (missing in the file,
+        missing: the keys :func:`weights.load_pretrained` left new (missing in the file,
             or dropped as a head of another number of classes).
         path: the checkpoint (``--finetune``); nb_classes: the run's ``--nb_classes``.
     Raises:

@@ -28,15 +28,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from checkpoint import canonical_state_dict, load_checkpoint, load_pretrained, read_release_config
+from checkpoint import load_checkpoint, read_release_config
 from datasets.sampling import dense_test_indices
 from datasets.transforms import EvalTransform
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation
 from flag_checks import check_flags
 from model_factory import ARCHS, CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier
-from modeling_encoder import VideoViTEncoder, add_pos_embed_arg
-from modeling_finetune import VisionTransformer
+from modeling_encoder import VideoViTEncoder
+from modeling_finetune import VideoViTClassifier
 from modeling_student import PretrainVisionTransformer
+from pos_embed import add_pos_embed_arg
+from weights import canonical_state_dict, load_pretrained
 
 
 class FeatureEncoder(nn.Module):
@@ -50,7 +52,7 @@ class FeatureEncoder(nn.Module):
         if isinstance(model, PretrainVisionTransformer):
             model = model.encoder
         self.encoder = model
-        self.fc_norm = model.fc_norm if isinstance(model, VisionTransformer) else None
+        self.fc_norm = model.fc_norm if isinstance(model, VideoViTClassifier) else None
 
     @torch.no_grad()
     def forward(self, x):
@@ -80,7 +82,7 @@ def build_feature_encoder(checkpoint, model_name=None, img_size=224, num_frames=
         img_size, num_frames: clip geometry for our checkpoints (any size: the position
             table is a fixed one, rebuilt for it).
         pos_embed: the fixed position table (``--pos_embed``) when the checkpoint records none
-            (``checkpoint.adopt_position_table``).
+            (``weights.adopt_position_table``).
     Raises:
         ValueError: no ``--model`` for a non-Hugging Face checkpoint; weights that do not fit.
         FileNotFoundError: no checkpoint.

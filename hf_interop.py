@@ -2,7 +2,7 @@
 ``VideoMAEModel`` / ``VideoMAEForPreTraining`` / ``VideoMAEForVideoClassification`` and back.
 
 The state-dict key mapping (q/k/v split and merge included) is in ``checkpoint.py``
-(:func:`checkpoint.hf_to_ours`, :func:`checkpoint.ours_to_hf`), the one place keys are
+(:func:`weights.hf_to_ours`, :func:`weights.ours_to_hf`), the one place keys are
 remapped; this module maps the *configs* and builds the models around it.
 
 Numerical differences that no weight mapping can remove (measured in ``tests/test_interop.py``):
@@ -29,10 +29,11 @@ import warnings
 
 import torch.nn as nn
 
-from checkpoint import canonical_state_dict, load_checkpoint, load_pretrained, ours_to_hf
+from checkpoint import load_checkpoint
 from modeling_encoder import VideoViTEncoder
-from modeling_finetune import VisionTransformer
+from modeling_finetune import VideoViTClassifier
 from modeling_student import PretrainVisionTransformer
+from weights import canonical_state_dict, load_pretrained, ours_to_hf
 
 OUR_LN_EPS = 1e-6
 HF_HARDCODED_LN_EPS = 1e-5  # transformers' fc_norm and decoder.norm: nn.LayerNorm(dim)
@@ -54,7 +55,7 @@ def hf_config(model, id2label=None):
     """A ``VideoMAEConfig`` describing our ``model`` (classifier, student or bare encoder).
 
     Args:
-        model: :class:`VisionTransformer`, :class:`PretrainVisionTransformer` or
+        model: :class:`VideoViTClassifier`, :class:`PretrainVisionTransformer` or
             :class:`VideoViTEncoder`.
         id2label: optional ``{class index: name}`` for the classifier's config.
     Raises:
@@ -72,7 +73,7 @@ def hf_config(model, id2label=None):
                   intermediate_size=blk.mlp.fc1.out_features, hidden_act="gelu",
                   layer_norm_eps=OUR_LN_EPS, qv_bias=blk.attn.q_bias is not None,
                   use_mean_pooling=not isinstance(enc.norm, nn.LayerNorm))
-    if isinstance(model, VisionTransformer):
+    if isinstance(model, VideoViTClassifier):
         kwargs.update(use_mean_pooling=True, num_labels=model.num_classes)
         if id2label:
             kwargs["id2label"] = {int(k): str(v) for k, v in id2label.items()}
@@ -87,7 +88,7 @@ def hf_config(model, id2label=None):
 
 def _hf_class(model):
     t = _transformers()
-    if isinstance(model, VisionTransformer):
+    if isinstance(model, VideoViTClassifier):
         return t.VideoMAEForVideoClassification
     if isinstance(model, PretrainVisionTransformer) and model.decoder_depth > 0:
         return t.VideoMAEForPreTraining
@@ -189,7 +190,7 @@ def _our_model_for(state, config):
         if not config.use_mean_pooling:
             raise ValueError("VideoMAEForVideoClassification with use_mean_pooling=False "
                              "classifies the first token; ours mean-pools all tokens")
-        return VisionTransformer(num_classes=config.num_labels, **kw)
+        return VideoViTClassifier(num_classes=config.num_labels, **kw)
     if any(k.startswith("decoder.") for k in state):
         ratio = config.decoder_intermediate_size / config.decoder_hidden_size
         if ratio != 4:
@@ -223,7 +224,7 @@ def from_hf(source, match_eps=False):
             reproduce its outputs exactly; default keeps ours (1e-6), with a warning when the
             config's eps differs.
     Returns:
-        ``(model, config)``: a :class:`VisionTransformer` (from ``...ForVideoClassification``),
+        ``(model, config)``: a :class:`VideoViTClassifier` (from ``...ForVideoClassification``),
         :class:`PretrainVisionTransformer` (from ``...ForPreTraining``; train it with
         ``--normlize_target`` as the config's ``norm_pix_loss`` says) or
         :class:`VideoViTEncoder` (from ``VideoMAEModel``), in eval mode.

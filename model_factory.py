@@ -19,7 +19,7 @@ timm's global registry (which owns ``vit_small_patch16_224`` and friends for ima
 import torch.nn as nn
 
 from modeling_encoder import VideoViTEncoder, init_pretrain_weights
-from modeling_finetune import VisionTransformer
+from modeling_finetune import VideoViTClassifier
 from modeling_student import PretrainVisionTransformer
 from modeling_teacher import ImageTeacher, Teacher
 from modeling_tpn import CNN_CONFIGS, create_cnn
@@ -101,7 +101,7 @@ def create_teacher(name, sees_all_tokens=False, flag="--model_t", **kwargs):
 def create_image_teacher(name, img_size=224, tubelet_size=2):
     """A frozen :class:`ImageTeacher` ``name`` (MVD's ``--image_teacher_model``) for frames of
     ``img_size`` pixels (``--teacher_input_size``), random until loaded
-    (``checkpoint.load_image_teacher``): timm's ``VisionTransformer`` with a class token, no
+    (``weights.load_image_teacher``): timm's ``VisionTransformer`` with a class token, no
     head and no pooling. Raises ValueError for an unknown name or a size the patch does not
     divide."""
     from timm.models.vision_transformer import VisionTransformer as ImageViT
@@ -122,7 +122,7 @@ def create_image_teacher(name, img_size=224, tubelet_size=2):
 
 
 def create_classifier(name, num_classes=400, fc_drop_rate=None, init_scale=0.001, **kwargs):
-    """The fine-tuning classifier ``name`` (``--model``): a :class:`VisionTransformer` of
+    """The fine-tuning classifier ``name`` (``--model``): a :class:`VideoViTClassifier` of
     that size, or one of the :data:`CNN_MODELS` (``modeling_tpn.create_cnn``).
 
     ``fc_drop_rate``: dropout before the head; None = the family's recipe (ViT 0, CNN 0.5).
@@ -138,5 +138,5 @@ def create_classifier(name, num_classes=400, fc_drop_rate=None, init_scale=0.001
                           0.5 if fc_drop_rate is None else fc_drop_rate,
                           kwargs.get("use_checkpoint", False), tsm_shift)
     arch = _arch(name, CLASSIFIER_MODELS, "--model")
-    return VisionTransformer(num_classes=num_classes, fc_drop_rate=fc_drop_rate or 0.0,
-                             init_scale=init_scale, **_encoder_kwargs(arch, **kwargs))
+    return VideoViTClassifier(num_classes=num_classes, fc_drop_rate=fc_drop_rate or 0.0,
+                              init_scale=init_scale, **_encoder_kwargs(arch, **kwargs))

@@ -26,103 +26,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 
-
-def sinusoid_table(num_positions, dim):
-    """Fixed 1-D sinusoidal position table ``[1, num_positions, dim]`` (float32).
-
-    Entry ``(p, j)`` is ``sin`` (even ``j``) or ``cos`` (odd ``j``) of
-    ``p / 10000 ** (2 * (j // 2) / dim)``: the table VideoMAE and Hugging Face's VideoMAE use.
-    """
-    pos = np.arange(num_positions, dtype=np.float64)[:, None]
-    j = np.arange(dim)[None, :]
-    angle = pos / np.power(10000, 2 * (j // 2) / dim)
-    table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
-    return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
-
-
-def _sincos_halves(pos, dim):
-    """MAE's 1-D sin-cos encoding ``[len(pos), dim]``: ``sin(pos * w_k)`` in the first half of
-    the channels, ``cos(pos * w_k)`` in the second, ``w_k = 10000 ** (-k / (dim / 2))``."""
-    omega = 1.0 / np.power(10000.0, np.arange(dim // 2) / (dim / 2))
-    angle = np.outer(pos, omega)  # [P, dim / 2]
-    return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
-
-
-def sincos_3d_table(grid, dim):
-    """Fixed 3-D sin-cos position table ``[1, t*h*w, dim]`` (float32) of MVD (Wang et al.,
-    CVPR 2023; METHOD.md, "MVD exactly"): ``dim / 4`` channels encode the temporal index,
-    ``3 dim / 4`` the spatial position as MAE's 2-D sin-cos table (He et al. 2022) whose
-    first half encodes ``w`` and second half ``h``; each part is :func:`_sincos_halves`.
-    Channels ``[temporal, spatial]``, tokens frame-major ``(t, h, w)``.
-
-    Args:
-        grid: ``(t, h, w)`` token grid.
-        dim: channels; a multiple of 16 (each half of each part is a sin/cos pair).
-    Raises:
-        ValueError: ``dim`` is not a multiple of 16.
-    """
-    if dim % 16:
-        raise ValueError(f"--pos_embed sincos_3d: the 3-D sin-cos position table needs a "
-                         f"width divisible by 16, got {dim}")
-    tt, hh, ww = (a.ravel() for a in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
-    spatial = 3 * dim // 8  # channels of w, then as many of h
-    table = np.concatenate([_sincos_halves(tt, dim // 4), _sincos_halves(ww, spatial),
-                            _sincos_halves(hh, spatial)], axis=1)  # [t*h*w, dim]
-    return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
-
-
-def sincos_2d_table(grid, dim, class_token=False):
-    """MAE's fixed 2-D sin-cos position table of images (He et al. 2022, ``models_mae.py``):
-    ``[1, (1 +) h*w, dim]`` float32, the first half of the channels encoding ``w``, the second
-    ``h`` (each :func:`_sincos_halves`), tokens row-major ``(h, w)``; with ``class_token`` a
-    leading row of zeros for the class token. MVD's image teachers use it
-    (``modeling_teacher.ImageTeacher``).
-
-    Args:
-        grid: ``(h, w)`` patch grid.
-        dim: channels; a multiple of 4.
-    Raises:
-        ValueError: ``dim`` is not a multiple of 4.
-    """
-    if dim % 4:
-        raise ValueError(f"the 2-D sin-cos position table needs a width divisible by 4, got {dim}")
-    hh, ww = (a.ravel() for a in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
-    table = np.concatenate([_sincos_halves(ww, dim // 2), _sincos_halves(hh, dim // 2)], axis=1)
-    if class_token:
-        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
-    return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
-
-
-# The fixed position tables a model can be built with (``--pos_embed``), and their names in
-# messages. A table loaded from a checkpoint that is neither is "learned".
-POS_EMBED_TABLES = {"sincos_1d": "VideoMAE 1-D sinusoid table",
-                    "sincos_3d": "MVD 3-D sin-cos table"}
-
-
-def add_pos_embed_arg(parser, default="sincos_1d", help=None):
-    """``--pos_embed``, the one flag of every script that builds a ViT: which fixed table
-    (:data:`POS_EMBED_TABLES`) the model gets when its checkpoint stores or records none."""
-    parser.add_argument("--pos_embed", default=default, choices=sorted(POS_EMBED_TABLES),
-                        help=help or "fixed position table: sincos_1d = VideoMAE's 1-D sinusoid "
-                        "table, sincos_3d = MVD's 3-D sin-cos table (MVD's fine-tuned files "
-                        "record none); a checkpoint that stores or records its table "
-                        "overrides this")
-
-
-def position_table(kind, grid, dim):
-    """The fixed table ``kind`` (a :data:`POS_EMBED_TABLES` key) for a ``(t, h, w)`` token
-    grid: ``[1, t*h*w, dim]`` float32.
-
-    Raises:
-        ValueError: an unknown ``kind`` (named after ``--pos_embed``), or a width the
-            3-D table cannot take.
-    """
-    if kind == "sincos_1d":
-        return sinusoid_table(int(np.prod(grid)), dim)
-    if kind == "sincos_3d":
-        return sincos_3d_table(grid, dim)
-    raise ValueError(f"--pos_embed {kind!r} is not a known position table; choose from "
-                     f"{sorted(POS_EMBED_TABLES)}")
+from pos_embed import position_table
 
 
 def select_tokens(x, positions):
@@ -368,10 +272,10 @@ class VideoViTEncoder(nn.Module):
         final_norm (bool): keep a final LayerNorm ``norm`` (False for the teacher and for
             mean-pooling classifiers, which use ``fc_norm`` instead).
         use_checkpoint (bool): activation checkpointing of every block.
-        pos_embed (str): the fixed position table, a :data:`POS_EMBED_TABLES` key
+        pos_embed (str): the fixed position table, a ``pos_embed.POS_EMBED_TABLES`` key
             (``--pos_embed``): ``'sincos_1d'`` (VideoMAE, default) or ``'sincos_3d'`` (MVD).
             ``pos_embed_type`` says which one the model uses (``'learned'`` once a checkpoint's
-            learned table is installed, see ``checkpoint.load_pretrained``).
+            learned table is installed, see ``weights.load_pretrained``).
         weight_init (str): ``'pretrain'`` (:func:`init_pretrain_weights`, xavier-uniform:
             VideoMAE's pre-training student and teacher) or ``'finetune'``
             (:func:`init_finetune_weights`, truncated normal 0.02: the classifier).
@@ -399,7 +303,7 @@ class VideoViTEncoder(nn.Module):
         self.apply(WEIGHT_INITS[weight_init])
 
     def set_position_table(self, kind):
-        """Use the fixed table ``kind`` (:data:`POS_EMBED_TABLES`) for this grid and width.
+        """Use the fixed table ``kind`` (``pos_embed.POS_EMBED_TABLES``) for this grid and width.
         A buffer that follows ``.to(device)`` but stays out of checkpoints (VideoMAE's and
         MVD's fine-tuned files do not store it either)."""
         old = getattr(self, "pos_embed", None)

@@ -16,8 +16,9 @@ import torch.nn as nn
 from modeling_encoder import VideoViTEncoder, init_finetune_weights
 
 
-class VisionTransformer(VideoViTEncoder):
-    """ViT video classifier.
+class VideoViTClassifier(VideoViTEncoder):
+    """ViT video classifier (VideoMAE's ``modeling_finetune.VisionTransformer``: the same
+    state-dict keys; named apart from timm's image ``VisionTransformer``).
 
     Args:
         num_classes: classes of the head (``--nb_classes``).
@@ -38,6 +39,13 @@ class VisionTransformer(VideoViTEncoder):
             with torch.no_grad():
                 self.head.weight.mul_(init_scale)
                 self.head.bias.mul_(init_scale)
+
+    # The model interface the training code asks instead of checking types (the CNNs,
+    # ``modeling_tpn.VideoResNetClassifier``, answer the same questions).
+    is_fully_convolutional = False  # the position table fixes the input size
+    # no weight decay on biases, norms and ``no_weight_decay()`` (VideoMAE's recipe;
+    # timm's ``create_optimizer_v2(filter_bias_and_bn=)``)
+    filter_bias_and_bn = True
 
     def group_matcher(self, coarse=False):
         """Parameter groups for timm's layer-wise lr decay (``create_optimizer_v2(...,

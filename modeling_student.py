@@ -13,7 +13,7 @@ State-dict keys (``encoder.*``, ``encoder_to_decoder.*``, ``mask_token``, ``deco
 VideoMAE's ``PretrainVisionTransformer`` keys, plus ``projector.*`` and MVD's
 ``down_{img,vid}.*``, ``mask_token_{img,vid}``, ``decoder_{img,vid}.*``. MVD's own
 pre-training files, whose encoder keys have no ``encoder.`` prefix and which store the fixed
-tables, load strictly through ``checkpoint.checkpoint_filter_fn``.
+tables, load strictly through ``weights.vit_checkpoint_filter``.
 
 Initialisation is VideoMAE's for its pre-training model (``modeling_pretrain.py``):
 ``xavier_uniform_`` Linear weights with zero biases and LayerNorms at (1, 0) in encoder and
@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp, trunc_normal_
 
-from modeling_encoder import (Block, VideoViTEncoder, init_pretrain_weights, position_table,
-                              run_block, select_tokens)
+from modeling_encoder import Block, VideoViTEncoder, init_pretrain_weights, run_block, select_tokens
 from modeling_teacher import attention_views
+from pos_embed import position_table
 
 
 @dataclass

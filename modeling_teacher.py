@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from losses import topk_attention_global, topk_attention_local
-from modeling_encoder import VideoViTEncoder, select_tokens, sincos_2d_table
+from modeling_encoder import VideoViTEncoder, select_tokens
+from pos_embed import sincos_2d_table
 
 
 @dataclass
@@ -134,7 +135,7 @@ class ImageTeacher(nn.Module):
     ``(t, h, w)`` order: one target per student token.
 
     The ViT is timm's ``VisionTransformer`` (an image model; MAE's ``mae_pretrain_vit_*.pth``
-    load into it through timm's ``checkpoint_filter_fn``, ``checkpoint.load_image_teacher``).
+    load into it through timm's ``checkpoint_filter_fn``, ``weights.load_image_teacher``).
     Frames whose size differs from the ViT's (``--teacher_input_size``, 196 for the patch-14
     ViT-H) are resized bilinearly (antialiased) from the student's crop, where MVD's loader
     resizes the same crop to both sizes.

@@ -20,7 +20,7 @@ Recognition", CVPR 2020) on a slow-only 3-D ResNet or a TSM ResNet, and those ba
 
 Module names follow the published checkpoints: torchvision's in ``backbone``, mmaction2's in
 ``neck`` (``level_fusion_1`` is the top-down flow's fusion, ``level_fusion_2`` the
-bottom-up's), ``cls_head.fc_cls`` as in both. :func:`checkpoint_filter_fn` maps the
+bottom-up's), ``cls_head.fc_cls`` as in both. :func:`remap_cnn_keys` maps the
 decisionforce/TPN and mmaction2 layouts onto these keys.
 
 Shapes: clips ``[B, 3, T, H, W]``; for a ``T x 224`` clip res4 is ``[B, 1024, T, 14, 14]``,
@@ -35,8 +35,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from modeling_resnet3d import SlowOnlyResNet, TSMResNet, inflate_weight
-
+from checkpoint import load_checkpoint, saved_args, unwrap_state_dict
+from modeling_resnet3d import (RES_STAGES, TSM_SHIFT_PLACES, SlowOnlyResNet, TSMResNet,
+                               inflate_weight)
+from weights import load_weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +269,21 @@ class VideoResNetClassifier(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
+    # The model interface the training code asks instead of checking types (the ViT
+    # classifier, ``modeling_finetune.VideoViTClassifier``, answers the same questions).
+    is_fully_convolutional = True  # any input size; ``--fcn_test`` applies
+    # mmcv's SGD of the CNN recipes decays every parameter, biases and BatchNorms included
+    # (timm's ``create_optimizer_v2(filter_bias_and_bn=)``)
+    filter_bias_and_bn = False
+
+    def no_weight_decay(self):
+        """Parameter names kept out of weight decay: none (see ``filter_bias_and_bn``)."""
+        return set()
+
+    def get_num_layers(self):
+        """The backbone's residual blocks (ResNet-50: 16, ResNet-101: 33)."""
+        return sum(len(getattr(self.backbone, name)) for name in RES_STAGES)
+
     def set_grad_checkpointing(self, enable=True):
         self.backbone.set_grad_checkpointing(enable)
 
@@ -275,10 +292,40 @@ class VideoResNetClassifier(nn.Module):
         feats = self.backbone(x)
         return self.neck(feats) if self.neck is not None else (feats[-1], None)
 
+    def forward_head(self, feats, pre_logits=False):
+        """``feats [B, 2048, T', h, w]`` -> logits ``[B, num_classes]`` (:class:`ClsHead`;
+        fully convolutional in eval mode), or with ``pre_logits`` the pooled ``[B, 2048]``."""
+        return feats.mean(dim=(2, 3, 4)) if pre_logits else self.cls_head(feats)
+
     def forward(self, x):
         feats, aux = self.forward_features(x)
-        logits = self.cls_head(feats)
+        logits = self.forward_head(feats)
         return logits if aux is None else AuxOutput(logits, aux, self.aux_weight)
+
+    def load_pretrained(self, ckpt, source, strict=False):
+        """This family's part of ``weights.load_pretrained`` (which hands it ``ckpt``, a
+        loaded checkpoint): any CNN layout (:func:`remap_cnn_keys`), the TSM shift the file
+        was trained with (:func:`adopt_tsm_shift`). Unless ``strict``, the backbone must be
+        complete and fit, the neck and heads may be new (a baseline checkpoint into a TPN
+        model) or left over, and heads of another number of classes are dropped (fine-tuning
+        on another data set).
+
+        Returns:
+            ``(missing, unexpected)``: the allowed missing / unused keys, for the log.
+        Raises:
+            weights.KeyMismatchError: (a ValueError) every key that is not allowed, named.
+        """
+        layout, state = remap_cnn_keys(unwrap_state_dict(ckpt))
+        print(f"{source}: {layout} CNN checkpoint layout")
+        adopt_tsm_shift(self, ckpt, source, layout)
+        if strict:
+            return load_weights(self, state, source)
+        own = self.state_dict()
+        for k in [k for k, v in state.items() if k in own and own[k].shape != v.shape
+                  and re.match(r"(cls_head\.fc_cls|neck\.aux_head\.fc)\.", k)]:
+            del state[k]
+        return load_weights(self, state, source, allow_missing=(r"(?!backbone\.)",),
+                            allow_unexpected=(r"(?!backbone\.)",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +430,7 @@ def checkpoint_layout(state):
                      f"(backbone.conv1.conv.weight, neck.*, cls_head.fc_cls.*){hint}")
 
 
-def checkpoint_filter_fn(state):
+def remap_cnn_keys(state):
     """A CNN state dict of any supported layout (:func:`checkpoint_layout`) -> our keys.
 
     Args:
@@ -418,3 +465,69 @@ def imagenet_to_backbone(state, backbone):
             value = inflate_weight(value, own[key].shape[2])
         out[key] = value
     return out
+
+
+def checkpoint_shift_place(ckpt, layout):
+    """The TSM shift place (``TSM_SHIFT_PLACES``) a CNN checkpoint was trained
+    with, and the evidence, or ``(None, None)`` when it does not tell.
+
+    mmaction2's files use the residual shift (``shift_place='blockres'``); decisionforce/TPN's
+    (its neck layout, or its mmcv ``{'meta', 'state_dict'}`` wrapper around torchvision keys
+    for the baselines) the in-place one (its default ``tsm_position``); ours record
+    ``tsm_shift`` in their saved arguments.
+
+    Args:
+        ckpt: the loaded checkpoint (with its wrapper); layout:
+            :func:`checkpoint_layout`'s.
+    """
+    if layout == "mmaction2":
+        return "residual", "the mmaction2 layout"
+    if layout == "original" or (isinstance(ckpt, dict) and "state_dict" in ckpt
+                                and "meta" in ckpt and "model" not in ckpt):
+        return "inplace", "the decisionforce/TPN layout"
+    place = saved_args(ckpt).get("tsm_shift")
+    return ((place, "the saved arguments") if place in TSM_SHIFT_PLACES
+            else (None, None))
+
+
+def adopt_tsm_shift(model, ckpt, source, layout=None):
+    """Give a TSM classifier the shift place its checkpoint was trained with
+    (:func:`checkpoint_shift_place`) and print which it uses; like the position table, the
+    checkpoint's word wins over ``--tsm_shift`` (the other place gives other features from
+    the same weights). Nothing for other models.
+
+    Returns:
+        the place the model uses now, or None (not a TSM model).
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, TSMResNet):
+        return None
+    if layout is None:
+        layout = checkpoint_layout(unwrap_state_dict(ckpt))
+    place, evidence = checkpoint_shift_place(ckpt, layout)
+    own = backbone.shift_place
+    if place is None:
+        print(f"TSM shift: {own} (--tsm_shift); {source} records none")
+    elif place != own:
+        backbone.set_shift_place(place)
+        print(f"TSM shift: {TSM_SHIFT_PLACES[place]}, from {evidence} of "
+              f"{source}, instead of --tsm_shift {own}")
+    else:
+        print(f"TSM shift: {TSM_SHIFT_PLACES[place]}, from {evidence} of {source}")
+    return backbone.shift_place
+
+
+def load_imagenet_init(model, path):
+    """Initialise a CNN classifier's backbone from torchvision ImageNet ResNet weights at
+    ``path`` (``--imagenet_init``: the state dict of ``torchvision.models.resnet50`` /
+    ``resnet101``, as their ``.pth`` files hold it, possibly in a ``state_dict`` / ``model``
+    wrapper), loaded safely; the ImageNet ``fc`` is dropped and 2-D kernels are inflated where
+    the backbone is 3-D (:func:`imagenet_to_backbone`).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a tensors-only checkpoint, or a missing, left-over or wrongly shaped
+            backbone weight (all listed; e.g. a ResNet-50 file for a ResNet-101).
+    """
+    state = imagenet_to_backbone(unwrap_state_dict(load_checkpoint(path)), model.backbone)
+    return load_weights(model.backbone, state, path)

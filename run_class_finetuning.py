@@ -6,7 +6,7 @@
         --batch_size 16 --epochs 150 --layer_decay 0.75 --dist_eval
 
 The pre-trained encoder (a student, a teacher, a VideoMAE/MVD/MMKD pre-training or
-fine-tuned checkpoint, or a Hugging Face one; loaded by ``checkpoint.load_pretrained``, which
+fine-tuned checkpoint, or a Hugging Face one; loaded by ``weights.load_pretrained``, which
 rebuilds the fixed position table for ``--num_frames`` / ``--input_size`` and resizes a learned
 one) gets a new ``fc_norm`` and head; training uses layer-wise lr decay, Mixup/CutMix,
 label smoothing, RandAugment, random erasing and repeated augmentation; every epoch is
@@ -36,8 +36,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import distributed as du
 import eval_protocol
-from checkpoint import (CheckpointWriteError, latest_checkpoint, load_imagenet_init,
-                        load_pretrained)
+from checkpoint import CheckpointWriteError, latest_checkpoint
 from datasets import DATA_SETS
 from deepspeed_utils import (add_deepspeed_args, build_deepspeed_config, init_deepspeed,
                              input_dtype, require_deepspeed)
@@ -46,12 +45,15 @@ from engine_for_finetuning import (DeepSpeedStep, NonFiniteLossError, TorchStep,
 from flag_checks import check_flags
 from logger import RunLogger
 from model_factory import CLASSIFIER_MODELS, CNN_MODELS, create_classifier
-from modeling_encoder import add_pos_embed_arg, compile_blocks
+from modeling_encoder import compile_blocks
 from modeling_resnet3d import TSM_SHIFT_PLACES
+from modeling_tpn import load_imagenet_init
 from optim_factory import (add_optim_args, amp_setup, build_lr_scheduler, build_optimizer,
                            scale_lrs)
+from pos_embed import add_pos_embed_arg
 from run_dir import claim_output_dir, releases_output_dir
 from run_state import ResumableSampler, RunState, resume_weights
+from weights import load_pretrained
 
 
 def get_args_parser():
@@ -135,7 +137,7 @@ def resolve_args(args, model):
     if args.short_side_size < args.input_size:
         raise ValueError(f"--short_side_size {args.short_side_size} is smaller than the "
                          f"--input_size {args.input_size} crops")
-    cnn = args.model in CNN_MODELS
+    cnn = model.is_fully_convolutional
     if args.fcn_test and not cnn:
         raise ValueError(f"--fcn_test needs a fully convolutional model ({', '.join(CNN_MODELS)}); "
                          f"the input size of {args.model} is fixed by its position table")
@@ -168,7 +170,7 @@ def build_model(args):
                               use_checkpoint=args.use_checkpoint, pos_embed=args.pos_embed,
                               tsm_shift=args.tsm_shift)
     if args.imagenet_init:
-        if args.model not in CNN_MODELS:
+        if not model.is_fully_convolutional:  # a CNN: an ImageNet ResNet backbone
             raise ValueError(f"--imagenet_init initialises the CNNs ({', '.join(CNN_MODELS)}), "
                              f"not {args.model}; use --finetune")
         load_imagenet_init(model, args.imagenet_init)
@@ -227,7 +229,7 @@ def build_training(args, model, steps_per_epoch):
     recipes), per-update schedule with warm-up, Mixup and the loss. Returns
     ``(optimizer, lr_scheduler, mixup_fn, criterion, warmup)``."""
     optimizer = build_optimizer(model, args, layer_decay=args.layer_decay,
-                                filter_bias_and_bn=args.model not in CNN_MODELS)
+                                filter_bias_and_bn=model.filter_bias_and_bn)
     lr_scheduler, warmup, _ = build_lr_scheduler(optimizer, args, steps_per_epoch)
     mixup_fn = None
     if args.mixup_active:

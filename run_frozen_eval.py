@@ -56,8 +56,9 @@ from frozen_eval import (cache_name, cached_features, file_digest, gather_views,
                          scored, shard_loader, view_features)
 from logger import RunLogger
 from model_factory import ARCHS, CLASSIFIER_MODELS, PRETRAIN_MODELS
-from modeling_encoder import VideoViTEncoder, add_pos_embed_arg
+from modeling_encoder import VideoViTEncoder
 from optim_factory import build_lr_scheduler, scale_lrs
+from pos_embed import add_pos_embed_arg
 from probes import KNN_K, KNN_T, AttentiveProbe, ProbedEncoder, knn_scores, train_linear
 from run_dir import claim_output_dir, releases_output_dir
 

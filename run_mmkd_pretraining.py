@@ -19,8 +19,7 @@ import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import distributed as du
-from checkpoint import CheckpointWriteError, checkpoint_filter_fn, latest_checkpoint, load_teacher
-from modeling_encoder import add_pos_embed_arg, compile_blocks
+from checkpoint import CheckpointWriteError, latest_checkpoint
 from engine_for_pretraining import NonFiniteLossError, cosine_value, train_one_epoch
 from flag_checks import check_flags
 from frozen_eval import OnlineKNN, add_knn_args
@@ -28,10 +27,13 @@ from logger import RunLogger
 from losses import DISTILL_VIEWS, FeatureLoss, LossWeights
 from masking_generator import MASK_GENERATORS, build_masking_generator
 from model_factory import ARCHS, PRETRAIN_MODELS, create_student, create_teacher
+from modeling_encoder import compile_blocks
 from modeling_teacher import Teacher
 from optim_factory import add_optim_args, amp_setup, build_lr_scheduler, build_optimizer, scale_lrs
+from pos_embed import add_pos_embed_arg
 from run_dir import claim_output_dir, releases_output_dir
 from run_state import ResumableSampler, RunState
+from weights import load_teacher, vit_checkpoint_filter
 
 
 def get_args_parser(teacher=True):
@@ -290,7 +292,7 @@ def main(args, build=build_models):
     print(f"loss weights: {weights}")
 
     state = RunState(args, raw, optimizer, sampler, steps_per_epoch, scaler=scaler,
-                     device=device, filter_fn=checkpoint_filter_fn)
+                     device=device, filter_fn=vit_checkpoint_filter)
     try:  # ours, or MVD's layout (bare encoder keys, stored tables): every key must fit
         resumed = state.resume()
     except (ValueError, FileNotFoundError) as e:

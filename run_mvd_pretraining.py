@@ -20,7 +20,6 @@ the whole clip, at the student's visible positions.
 """
 import argparse
 
-from checkpoint import load_image_teacher, load_teacher
 from losses import FEATURE_LOSSES
 from model_factory import (ARCHS, IMAGE_TEACHER_MODELS, MVD_STUDENT_MODELS, TEACHER_MODELS,
                            create_image_teacher, create_student, create_teacher)
@@ -28,6 +27,7 @@ from modeling_teacher import Teachers
 from run_mmkd_pretraining import (add_mmkd_args, add_optim_and_data_args, add_pixel_args,
                                   add_run_length_args, add_student_args, loss_weights, main,
                                   mmkd_student_kwargs)
+from weights import load_image_teacher, load_teacher
 
 
 def get_args_parser():

@@ -38,13 +38,13 @@ import torch
 import torch.distributed as dist
 
 import distributed as du
-from checkpoint import (CheckpointWriteError, adopt_position_table, adopt_tsm_shift,
-                        checkpoint_candidates, first_loadable,
-                        load_resume_checkpoint, load_weights, save_checkpoint,
-                        unwrap_state_dict)
+from checkpoint import (CheckpointWriteError, checkpoint_candidates, first_loadable,
+                        load_resume_checkpoint, save_checkpoint, unwrap_state_dict)
 from logger import Averager
+from modeling_tpn import adopt_tsm_shift
 from optim_factory import load_optimizer_state
 from reproducibility import all_rng_states, resume_rng_state
+from weights import adopt_position_table, load_weights
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped on a signal after saving; run again to resume
 LATEST = "checkpoint-latest"

@@ -39,8 +39,7 @@ import torch
 from einops import rearrange
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from checkpoint import (KeyMismatchError, adopt_position_table, load_checkpoint,
-                        load_teacher, load_weights, saved_args, unwrap_state_dict)
+from checkpoint import load_checkpoint, saved_args, unwrap_state_dict
 from datasets.sampling import dense_test_indices
 from datasets.transforms import EvalTransform
 from datasets.video_io import VideoDecodeError, load_frames
@@ -48,9 +47,10 @@ from flag_checks import check_flags
 from losses import pixel_targets
 from masking_generator import MASK_GENERATORS, build_masking_generator
 from model_factory import PRETRAIN_MODELS, create_student, create_teacher
-from modeling_encoder import add_pos_embed_arg
+from pos_embed import add_pos_embed_arg
 from vis_figures import (draw_attention, draw_frames, draw_mask, draw_reconstruction,
                          masked_frames, save_gif)
+from weights import KeyMismatchError, adopt_position_table, load_teacher, load_weights
 
 FILES = ("frames.png", "frames.gif", "mask.png", "attention_global.png",
          "attention_local.png", "reconstruction.png", "vis.json")

@@ -14,12 +14,13 @@ import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 
 import run_class_finetuning as rcf
-from checkpoint import checkpoint_kind, load_checkpoint, load_pretrained
+from checkpoint import load_checkpoint
 from deepspeed_utils import (_free_port, add_deepspeed_args, build_deepspeed_config,
                              init_deepspeed, input_dtype, load_deepspeed_weights,
                              require_deepspeed)
 from model_factory import create_classifier
 from test_finetuning import DIST_CLIPS, ENV, ROOT, VIDEOS, _anno_dir
+from weights import checkpoint_kind, load_pretrained
 
 GEOM = dict(img_size=32, num_frames=4)
 

@@ -13,13 +13,15 @@ from timm.data import Mixup
 from timm.scheduler import CosineLRScheduler
 
 import run_class_finetuning as rcf
-from checkpoint import load_pretrained, resize_pos_embed, save_checkpoint
+from checkpoint import save_checkpoint
 from conftest import ROOT, VIDEOS
 from engine_for_finetuning import (NonFiniteLossError, average_views, flatten_repeated,
                                    mix_clips, multiview_metrics, topk_correct, train_one_epoch)
 from model_factory import create_classifier, create_student
-from modeling_encoder import sinusoid_table
+from pos_embed import resize_pos_embed
+from pos_embed import sinusoid_table
 from tools.make_demo_splits import decode_resized, make_demo_splits, segment_ranges
+from weights import load_pretrained
 
 TINY = dict(img_size=32, num_frames=4)
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)

@@ -18,13 +18,13 @@ transformers = pytest.importorskip("transformers")
 from transformers import (VideoMAEConfig, VideoMAEForPreTraining,  # noqa: E402
                           VideoMAEForVideoClassification, VideoMAEModel)
 
-from checkpoint import (checkpoint_kind, hf_to_ours, load_pretrained, load_teacher,  # noqa: E402
-                        ours_to_hf, save_checkpoint)
+from checkpoint import save_checkpoint  # noqa: E402
+from weights import checkpoint_kind, hf_to_ours, load_pretrained, load_teacher, ours_to_hf  # noqa: E402
 from hf_interop import encoder_kwargs_from_hf, export_to_hf, from_hf, hf_config, to_hf  # noqa: E402
 from losses import pixel_targets  # noqa: E402
 from masking_generator import TubeMaskingGenerator  # noqa: E402
 from model_factory import create_classifier, create_student, create_teacher  # noqa: E402
-from modeling_finetune import VisionTransformer  # noqa: E402
+from modeling_finetune import VideoViTClassifier  # noqa: E402
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 # tiny, and ViT-S width/depth/heads on a small clip (64 px, 4 frames: 2 x 4 x 4 = 32 tokens)
@@ -197,7 +197,7 @@ def test_missing_q_bias_is_named():
     hf = hf_model(VideoMAEForVideoClassification, "tiny")
     hf_state = {k: v for k, v in hf.state_dict().items()
                 if k != "videomae.encoder.layer.1.attention.attention.value.bias"}
-    target = VisionTransformer(num_classes=7, **encoder_kwargs_from_hf(hf.config))
+    target = VideoViTClassifier(num_classes=7, **encoder_kwargs_from_hf(hf.config))
     with pytest.raises(ValueError, match=r"missing \(1\): blocks\.1\.attn\.v_bias$"):
         load_pretrained(target, hf_state, "hf", strict=True)
 

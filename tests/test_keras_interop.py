@@ -19,11 +19,12 @@ import torch
 
 import run_class_finetuning as rcf
 import run_mmkd_pretraining as rmp
-from checkpoint import checkpoint_kind, load_checkpoint, load_pretrained
+from checkpoint import load_checkpoint
 from keras_interop import load_keras_weights
-from modeling_finetune import VisionTransformer
+from modeling_finetune import VideoViTClassifier
 from modeling_student import PretrainVisionTransformer
 from tools import convert_checkpoint
+from weights import checkpoint_kind, load_pretrained
 
 GEOMETRY = dict(img_size=32, patch_size=8, num_frames=4, tubelet_size=2)  # 2 x 4 x 4 = 32 tokens
 SMALL = dict(dim=64, depth=2, heads=4, dec_dim=32, dec_depth=2, dec_heads=2, classes=5)
@@ -262,8 +263,8 @@ def write_h5(path, layers, top_level, as_str=False, chunks=1, whole_model=False)
 # --------------------------------------------------------------------------------------------
 
 def our_classifier(s=SMALL):
-    return VisionTransformer(num_classes=s["classes"], embed_dim=s["dim"], depth=s["depth"],
-                             num_heads=s["heads"], **GEOMETRY).eval()
+    return VideoViTClassifier(num_classes=s["classes"], embed_dim=s["dim"], depth=s["depth"],
+                              num_heads=s["heads"], **GEOMETRY).eval()
 
 
 def our_pretrainer(s=SMALL):

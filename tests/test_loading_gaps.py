@@ -6,22 +6,24 @@ refused; the test summary's protocol and list fingerprint."""
 import argparse
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import extract_features
 import run_class_finetuning as rcf
-from checkpoint import (DivergedWeightsError, WEIGHT_BOUND, load_checkpoint, load_pretrained,
-                        save_checkpoint)
+from checkpoint import DivergedWeightsError, WEIGHT_BOUND, load_checkpoint, save_checkpoint
 from conftest import VIDEOS
 from datasets.annotations import validate_annotation
 from datasets.video_io import VideoDecodeError, load_frames, read_annotation
 from model_factory import create_classifier, create_student
 from test_finetuning import DIST_CLIPS, _anno_dir, _main_error
-from tools import convert_checkpoint
 from test_position_tables import CLASSES, _finetune_model, loop_3d_table, mvd_finetuned_state, \
     mvd_forward
+from tools import convert_checkpoint
+from weights import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("two_block_tiny")
 TINY = dict(img_size=32, num_frames=4)
@@ -232,3 +234,14 @@ def test_summary_states_the_protocol_and_the_lists_fingerprint(tmp_path, classif
     out = capsys.readouterr().out
     assert "test protocol 4x2x1 (frames x clips x crops) on UCF101 (5 classes)" in out
     assert f"sha256 {s['annotation_sha256'][:16]}" in out
+
+
+def test_checkpoint_io_imports_no_model_module():
+    """``checkpoint.py`` is files only: importing it loads no ``modeling_*`` module (the
+    layouts and loading live in ``weights.py``, the CNN loader in ``modeling_tpn.py``)."""
+    code = ("import sys, checkpoint; "
+            "print([m for m in sys.modules if m.startswith(('modeling', 'weights', 'pos_embed'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         check=True).stdout.strip()
+    assert out == "[]"

@@ -5,7 +5,8 @@ from timm.optim import create_optimizer_v2
 from losses import LossWeights, mmkd_loss, pixel_targets
 from masking_generator import TubeMaskingGenerator
 from model_factory import ARCHS, CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student, create_teacher
-from modeling_encoder import Attention, sinusoid_table
+from modeling_encoder import Attention
+from pos_embed import sinusoid_table
 
 GEOM = dict(img_size=32, num_frames=4)
 

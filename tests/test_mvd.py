@@ -17,16 +17,17 @@ from timm.models.vision_transformer import VisionTransformer
 import model_factory
 import run_mvd_pretraining as mvd
 import test_pretraining
-from checkpoint import load_checkpoint, load_image_teacher, load_pretrained
+from checkpoint import load_checkpoint
 from conftest import VIDEOS
 from engine_for_pretraining import forward_losses, optimizer_update
 from losses import FeatureLoss, LossWeights, feature_loss, mmkd_loss
 from model_factory import create_classifier, create_image_teacher, create_student, create_teacher
-from modeling_encoder import sincos_2d_table, sincos_3d_table
 from modeling_student import StudentOutput
 from modeling_teacher import ImageTeacher, Teachers, TeacherOutput
 from optim_factory import build_optimizer, load_optimizer_state
+from pos_embed import sincos_2d_table, sincos_3d_table
 from test_pretraining import read_log
+from weights import load_image_teacher, load_pretrained
 
 GEOM = dict(img_size=32, num_frames=4)  # token grid (2, 2, 2)
 DIM, HEADS, DEPTH = 192, 3, 2  # the student: ViT-Ti, two blocks

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 import extract_features
 import run_class_finetuning as rcf
-from checkpoint import adopt_position_table, load_pretrained, load_teacher, save_checkpoint
+from checkpoint import save_checkpoint
 from hf_interop import to_hf
 from model_factory import create_classifier, create_student, create_teacher
-from modeling_encoder import sincos_3d_table, sinusoid_table
+from pos_embed import sincos_3d_table, sinusoid_table
 from test_mvd import _block, _block_state, _ln
 from tools import convert_checkpoint
+from weights import adopt_position_table, load_pretrained, load_teacher
 
 pytestmark = pytest.mark.usefixtures("two_block_tiny")  # the blocks are the same 2 or 12 times
 GEOM = dict(img_size=32, num_frames=4)  # token grid (2, 2, 2)

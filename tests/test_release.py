@@ -13,13 +13,14 @@ import torch
 import extract_features
 import run_class_finetuning as rcf
 import run_state
-from checkpoint import load_teacher, save_checkpoint
+from checkpoint import save_checkpoint
 from conftest import VIDEOS
 from model_factory import create_classifier, create_student, create_teacher
 from run_mmkd_pretraining import get_args_parser as pretraining_parser
 from test_finetuning import DIST_CLIPS, _anno_dir, _main_error
 from tools.export_release import export_release
 from tools.export_release import main as export_main
+from weights import load_teacher
 
 pytestmark = pytest.mark.usefixtures("two_block_tiny")
 TINY = dict(img_size=32, num_frames=4)

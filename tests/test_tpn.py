@@ -15,16 +15,18 @@ import torch
 import torchvision
 
 import run_class_finetuning as rcf
-from checkpoint import adopt_tsm_shift, load_imagenet_init, load_pretrained, save_checkpoint
+from checkpoint import save_checkpoint
 from conftest import VIDEOS
 from datasets import build_dataset, load_frames, tsn_sample_indices
 from datasets.annotations import convert_ssv1
 from engine_for_finetuning import classification_loss, multiview_test
 from model_factory import CNN_MODELS, create_classifier
 from modeling_resnet3d import TemporalShiftConv2d, temporal_shift
-from modeling_tpn import TPN, AuxOutput, ClsHead, checkpoint_layout, create_cnn, tpn_rates
+from modeling_tpn import (TPN, AuxOutput, ClsHead, adopt_tsm_shift, checkpoint_layout, create_cnn,
+                          load_imagenet_init, tpn_rates)
 from optim_factory import build_lr_scheduler, build_optimizer, scale_lrs
 from tools.make_demo_splits import make_demo_splits
+from weights import load_pretrained
 
 
 def n_params(model):
@@ -512,6 +514,27 @@ def test_auxiliary_loss_term_and_cnn_flag_checks(tmp_path, capsys):
     assert create_classifier("vit_tiny_patch16_224", num_classes=3, img_size=32,
                              num_frames=4).fc_dropout.__class__.__name__ == "Identity"
 
+
+def test_vit_and_cnn_classifiers_answer_the_same_interface(slowonly_r50):
+    """timm's names on both families, and the properties the training code asks instead of
+    checking types; the head applied to the features is the model's output."""
+    vit = create_classifier("vit_tiny_patch16_224", num_classes=7, img_size=32,
+                            num_frames=4).eval()
+    x = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(vit.forward_head(vit.forward_features(x).tokens), vit(x))
+        feats, aux = slowonly_r50.forward_features(x)
+        torch.testing.assert_close(slowonly_r50.forward_head(feats), slowonly_r50(x))
+        torch.testing.assert_close(slowonly_r50.forward_head(feats, pre_logits=True),
+                                   feats.mean(dim=(2, 3, 4)))
+    assert aux is None and feats.shape[:2] == (2, 2048)
+    assert vit.forward_head(torch.randn(2, 8, 192), pre_logits=True).shape == (2, 192)
+    assert (vit.is_fully_convolutional, slowonly_r50.is_fully_convolutional) == (False, True)
+    assert (vit.filter_bias_and_bn, slowonly_r50.filter_bias_and_bn) == (True, False)
+    assert (vit.no_weight_decay(), slowonly_r50.no_weight_decay()) == ({"pos_embed"}, set())
+    assert (vit.get_num_layers(), slowonly_r50.get_num_layers()) == (12, 3 + 4 + 6 + 3)
+    assert meta_model("tpn_r101", num_classes=3).get_num_layers() == 3 + 4 + 23 + 3
+    assert type(vit).__name__ == "VideoViTClassifier"  # not timm's VisionTransformer
 
 # --------------------------------------------------------------------------------------------
 # Something-Something V1: frame folders

@@ -13,7 +13,7 @@ checkpoint is.
     # which layout a file or directory has
     python tools/convert_checkpoint.py inspect some_checkpoint.pth
 
-Checkpoints may be any layout ``checkpoint.load_pretrained`` reads (``model`` / ``module`` /
+Checkpoints may be any layout ``weights.load_pretrained`` reads (``model`` / ``module`` /
 DeepSpeed wrappers, ``encoder.`` prefixes, Hugging Face names, the Keras port's ``.h5`` files).
 """
 import argparse
@@ -23,14 +23,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoint import (adopt_position_table, canonical_state_dict,  # noqa: E402
-                        checkpoint_filter_fn, checkpoint_kind, load_checkpoint, load_weights,
-                        save_checkpoint, unwrap_state_dict)
+from checkpoint import load_checkpoint, save_checkpoint, unwrap_state_dict  # noqa: E402
 from flag_checks import check_flags  # noqa: E402
 from hf_interop import check_position_table, export_to_hf, from_hf  # noqa: E402
 from keras_interop import load_keras_weights  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, PRETRAIN_MODELS, create_classifier, create_student  # noqa: E402
-from modeling_encoder import add_pos_embed_arg  # noqa: E402
+from pos_embed import add_pos_embed_arg  # noqa: E402
+from weights import (adopt_position_table, canonical_state_dict, checkpoint_kind, load_weights,  # noqa: E402
+                     vit_checkpoint_filter)
 
 
 def get_args_parser():
@@ -73,7 +73,7 @@ def build_ours(args):
     ckpt = load_checkpoint(args.checkpoint)
     adopt_position_table(model, ckpt, args.checkpoint)
     check_position_table(model)  # before the keys: an MVD file fails for its table first
-    state = checkpoint_filter_fn(ckpt, model)
+    state = vit_checkpoint_filter(ckpt, model)
     state = {k: v for k, v in state.items() if not k.startswith("projector.")}
     load_weights(model, state, args.checkpoint)
     return model.eval()

@@ -28,10 +28,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import recipes  # noqa: E402
-from checkpoint import (RELEASE_FORMAT, checkpoint_position_table, load_checkpoint,  # noqa: E402
-                        load_pretrained, saved_args, unwrap_state_dict)
+from checkpoint import RELEASE_FORMAT, load_checkpoint, saved_args, unwrap_state_dict  # noqa: E402
 from eval_protocol import file_sha256  # noqa: E402
 from model_factory import CLASSIFIER_MODELS, CNN_MODELS, create_classifier  # noqa: E402
+from weights import checkpoint_position_table, load_pretrained  # noqa: E402
 
 CITATIONS = {
     "MMKD": """@inproceedings{li2023mask,

@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoint import canonical_state_dict, load_checkpoint, save_checkpoint  # noqa: E402
+from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from weights import canonical_state_dict  # noqa: E402
 
 
 def image_teacher_state(ckpt):
