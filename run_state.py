@@ -373,7 +373,7 @@ def load_model(args, model, ckpt, path, filter_fn=None):
     position table (a ViT) and TSM shift (a TSM CNN) it was trained with recorded in ``args``.
 
     Raises:
-        checkpoint.KeyMismatchError: one line per kind of mismatch (wrong shape, missing,
+        weights.KeyMismatchError: one line per kind of mismatch (wrong shape, missing,
             unexpected), naming ``path``.
     """
     if hasattr(model, "pos_embed_type"):  # a ViT: the table it was trained with
